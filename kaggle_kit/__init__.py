@@ -21,12 +21,20 @@ _EXPORTS = {
     "build_tiny_model": "kaggle_kit.tiny",
     "SimpleLLMClient": "kaggle_kit.chat.client",
     "ChatResult": "kaggle_kit.chat.types",
+    "run_strategy": "kaggle_kit.tts.api",
+    "run_strategy_batch": "kaggle_kit.tts.api",
+    "TTSParams": "kaggle_kit.tts.params",
+    "StrategyResult": "kaggle_kit.tts.results",
+    "CompletionReason": "kaggle_kit.tts.results",
 }
+_SUBMODULES = ("tts", "engine", "chat", "subchat", "service")
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"kaggle_kit.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'kaggle_kit' has no attribute {name!r}")

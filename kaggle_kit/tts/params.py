@@ -1,0 +1,80 @@
+"""TTS parameters (the seed's names) with checks that list the allowed values."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from kaggle_kit.tts.aggregation import check_aggregation
+from kaggle_kit.tts.scorers import check_scorer
+
+STRATEGIES = ("offline_bon", "online_bon", "beam_search")
+
+# Step boundaries. A blank line separates paragraphs and code blocks; min_step_tokens
+# stops a run of short lines (a CUDA kernel's `}` lines, a list) from becoming
+# dozens of two-token steps, and max_step_tokens bounds a step with no blank line.
+# Measured with benchmarks/step_lengths.py (numbers in the TTS issue note).
+DEFAULT_STEP_STOP = ("\n\n",)
+DEFAULT_MIN_STEP_TOKENS = 16
+DEFAULT_MAX_STEP_TOKENS = 384
+
+
+@dataclass(frozen=True)
+class TTSParams:
+    strategy: str = "online_bon"
+    scorer: str = "entropy"
+    num_trajectories: int = 8  # offline_bon: N
+    candidates_per_step: int = 4  # online_bon / beam_search
+    beam_size: int = 4
+    max_steps: int = 100
+    score_aggregation: str = "min"
+    window_size: int | None = None  # aggregate over the last W step scores
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    max_tokens: int = 2048  # per trajectory
+    seed: int | None = None
+    enable_thinking: bool = False
+    logprobs: int = 10  # top-k logprobs per token for the scorers
+    step_stop: tuple[str, ...] = DEFAULT_STEP_STOP
+    min_step_tokens: int = DEFAULT_MIN_STEP_TOKENS
+    max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS
+    stop: tuple[str, ...] = ()  # strings that end the whole answer
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        check_scorer(self.scorer)
+        check_aggregation(self.score_aggregation)
+        for name in ("num_trajectories", "candidates_per_step", "beam_size", "max_steps", "max_tokens",
+                     "max_step_tokens", "logprobs"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.min_step_tokens, int) or self.min_step_tokens < 0:
+            raise ValueError(f"min_step_tokens must be >= 0, got {self.min_step_tokens!r}")
+        if self.min_step_tokens >= self.max_step_tokens:
+            raise ValueError(f"min_step_tokens ({self.min_step_tokens}) must be < max_step_tokens ({self.max_step_tokens})")
+        if self.window_size is not None and (not isinstance(self.window_size, int) or self.window_size < 1):
+            raise ValueError(f"window_size must be a positive integer or None, got {self.window_size!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        for name in ("step_stop", "stop"):
+            v = getattr(self, name)
+            v = (v,) if isinstance(v, str) else tuple(v or ())
+            if any(not isinstance(s, str) or not s for s in v):
+                raise ValueError(f"{name} must be non-empty strings, got {v!r}")
+            object.__setattr__(self, name, v)
+
+    @classmethod
+    def of(cls, **kwargs) -> "TTSParams":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown TTS parameter(s) {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**{k: v for k, v in kwargs.items() if v is not None or k in ("seed", "window_size")})
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,152 @@
+"""The machinery the strategies share: paths, step requests, scoring a completion.
+
+A path is prompt ids + the token ids of its steps. The next step's request is
+built from those ids (never from re-tokenised text), so step texts, per-step
+scores and prefix-cache hits stay exact.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kaggle_kit.engine.types import Completion, GenerationRequest, SamplingSpec
+from kaggle_kit.tts.aggregation import aggregate
+from kaggle_kit.tts.params import TTSParams
+from kaggle_kit.tts.results import CompletionReason, Step, Trajectory, Usage, finite_or
+from kaggle_kit.tts.scorers import step_score, uncertainty
+from kaggle_kit.tts.steps import exact_step_texts
+
+
+@dataclass
+class Path:
+    steps: list[Step] = field(default_factory=list)
+    reason: CompletionReason | None = None  # None while live
+
+    @property
+    def token_ids(self) -> tuple[int, ...]:
+        return tuple(t for s in self.steps for t in s.token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.steps)
+
+    @property
+    def score(self) -> float:
+        return self.steps[-1].path_score if self.steps else float("nan")
+
+    @property
+    def rank_key(self) -> float:
+        return finite_or(self.score)
+
+    @property
+    def live(self) -> bool:
+        return self.reason is None
+
+
+class Search:
+    """Per-prompt state shared by a strategy: params, ids, the tree, usage, seeds."""
+
+    def __init__(self, prompt_ids, params: TTSParams, max_model_len: int, eos_ids=frozenset()):
+        self.prompt_ids = tuple(prompt_ids)
+        self.p = params
+        self.max_model_len = max_model_len
+        self.eos_ids = eos_ids
+        self.tree: list[Step] = []
+        self.usage = Usage()
+        self._ids = itertools.count()
+        self._seeds = itertools.count()
+
+    # -- requests -------------------------------------------------------------
+    def room(self, path: Path) -> tuple[int, int]:
+        """(tokens left in the trajectory budget, tokens left in the context window)."""
+        n = path.num_tokens
+        return self.p.max_tokens - n, self.max_model_len - len(self.prompt_ids) - n
+
+    def request(self, path: Path, n: int, final: bool = False) -> GenerationRequest | None:
+        """The request that extends `path` by one step (or finishes it if `final`).
+
+        None when no token fits; the path is then finished with the reason why.
+        """
+        budget, window = self.room(path)
+        if budget < 1 or window < 1:
+            path.reason = CompletionReason.MAX_TOKENS if budget < 1 else CompletionReason.CONTEXT_LIMIT
+            return None
+        p = self.p
+        limit = min(budget, window) if final else min(p.max_step_tokens, budget, window)
+        seed = None if p.seed is None else p.seed * 1_000_003 + next(self._seeds)
+        spec = SamplingSpec(
+            n=n, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, max_tokens=limit,
+            stop=p.stop if final else p.step_stop + p.stop, include_stop_str_in_output=True,
+            logprobs=p.logprobs, seed=seed, min_tokens=0 if final else min(p.min_step_tokens, limit - 1),
+        )
+        return GenerationRequest(self.prompt_ids + path.token_ids, spec)
+
+    def count(self, requests: list[GenerationRequest], outputs: list[list[Completion]]) -> None:
+        self.usage.engine_calls += 1
+        self.usage.requests += len(requests)
+        for req, outs in zip(requests, outputs):
+            self.usage.prompt_tokens += len(req.prompt_ids)
+            self.usage.cached_prompt_tokens += outs[0].num_cached_tokens if outs else 0
+            self.usage.generated_tokens += sum(c.num_tokens for c in outs)
+
+    # -- scoring --------------------------------------------------------------
+    def new_step(self, parent: Path, token_ids, chosen, returned, text: str, finish: str, final: bool = False) -> Step:
+        u = uncertainty(self.p.scorer, chosen, returned)
+        s = step_score(u)
+        prior = [st.score for st in parent.steps]
+        step = Step(
+            id=next(self._ids), parent=parent.steps[-1].id if parent.steps else None, depth=len(parent.steps),
+            token_ids=tuple(token_ids), text=text, uncertainty=u, score=s,
+            path_score=aggregate(prior + [s], self.p.score_aggregation, self.p.window_size),
+            finish=finish, final_continuation=final,
+        )
+        self.tree.append(step)
+        return step
+
+    def extend(self, path: Path, c: Completion, final: bool = False) -> Path:
+        """A new path: `path` plus the step in completion `c`, with why it ended."""
+        finish, reason = self.classify(path, c)
+        if final:
+            reason = CompletionReason.MAX_STEPS
+        step = self.new_step(path, c.token_ids, c.chosen_logprobs, c.returned_logprobs, c.text, finish, final)
+        return Path(path.steps + [step], reason)
+
+    def classify(self, path: Path, c: Completion) -> tuple[str, CompletionReason | None]:
+        if isinstance(c.stop_reason, str):
+            if c.stop_reason in self.p.stop:
+                return "stop", CompletionReason.STOP
+            return "boundary", None
+        if c.finish_reason == "stop" or (c.token_ids and c.token_ids[-1] in self.eos_ids):
+            return "eos", CompletionReason.EOS
+        budget, window = self.room(path)
+        if c.num_tokens >= budget:
+            return "length", CompletionReason.MAX_TOKENS
+        if c.num_tokens >= window:
+            return "context", CompletionReason.CONTEXT_LIMIT
+        return "length", None  # max_step_tokens: the step ends, the answer goes on
+
+    # -- results --------------------------------------------------------------
+    def trajectory(self, path: Path, tokenizer) -> Trajectory:
+        texts = exact_step_texts(tokenizer, [s.token_ids for s in path.steps]) if tokenizer is not None else None
+        if texts is not None:
+            for s, t in zip(path.steps, texts):
+                s.text = t
+        return Trajectory(steps=path.steps, aggregated_score=path.score, completion_reason=path.reason,
+                          text="".join(s.text for s in path.steps))
+
+
+def best(paths: list[Path]) -> Path:
+    """Highest score; NaN last; ties go to the earliest (stable, deterministic)."""
+    return max(paths, key=lambda p: p.rank_key) if paths else None
+
+
+def slices(completion: Completion, ends: list[int]):
+    """Per-step (token_ids, chosen, returned, text-less) slices of one completion."""
+    start = 0
+    ids = np.asarray(completion.token_ids)
+    for end in ends:
+        yield (tuple(int(t) for t in ids[start:end]), completion.chosen_logprobs[start:end],
+               completion.returned_logprobs[start:end])
+        start = end

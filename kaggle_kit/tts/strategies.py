@@ -1,0 +1,178 @@
+"""Offline best-of-N, online best-of-N and beam search.
+
+Each strategy is a generator for one prompt: it yields the engine requests of its
+next step and receives their completions. `drive` merges the pending requests of
+every live strategy into one engine call per round, so a batch of prompts (or the
+service's concurrent requests) costs one call per step, not one per prompt.
+"""
+from __future__ import annotations
+
+import time
+from typing import Generator, Sequence
+
+from kaggle_kit.engine.types import Completion, GenerationRequest
+from kaggle_kit.tts.aggregation import MONOTONE_NON_INCREASING
+from kaggle_kit.tts.params import TTSParams
+from kaggle_kit.tts.results import StrategyResult
+from kaggle_kit.tts.search import Path, Search, best, slices
+from kaggle_kit.tts.steps import split_points, token_pieces
+
+StrategyGen = Generator[list[GenerationRequest], list[list[Completion]], tuple[Path, list[Path]]]
+
+
+def offline_bon(s: Search, tokenizer) -> StrategyGen:
+    """One call with n = N; split each answer into steps afterwards; pick the best aggregate."""
+    p = s.p
+    empty = Path()
+    req = s.request(empty, n=p.num_trajectories, final=True)
+    if req is None:  # the prompt leaves no room: `empty` now says why
+        return empty, [empty]
+    outs = yield [req]
+    s.count([req], outs)
+    paths = []
+    for c in outs[0]:
+        finish, reason = s.classify(Path(), c)
+        ends = split_points(token_pieces(tokenizer, c.token_ids), p.step_stop, p.min_step_tokens, p.max_step_tokens)
+        path = Path()
+        for k, (ids, chosen, returned) in enumerate(slices(c, ends)):
+            step = s.new_step(path, ids, chosen, returned, text="", finish=finish if k == len(ends) - 1 else "boundary")
+            path = Path(path.steps + [step])
+        path.reason = reason
+        paths.append(path)
+    return best(paths), paths
+
+
+def online_bon(s: Search, tokenizer=None) -> StrategyGen:
+    """Per step: n = candidates_per_step continuations of the current answer; keep the best-scored step."""
+    p = s.p
+    path = Path()
+    for _ in range(p.max_steps):
+        req = s.request(path, n=p.candidates_per_step)
+        if req is None:
+            return path, [path]
+        outs = yield [req]
+        s.count([req], outs)
+        candidates = [s.extend(path, c) for c in outs[0]]
+        path = max(candidates, key=lambda q: _finite(q.steps[-1].score))
+        if not path.live:
+            return path, [path]
+    path = yield from _finish([path], s)
+    return path[0], path
+
+
+def beam_search(s: Search, tokenizer=None) -> StrategyGen:
+    """Keep beam_size paths; per step expand every live beam with n = candidates_per_step.
+
+    Expansions are ranked by aggregated score and the best beam_size survive;
+    finished ones leave the beam and compete at the end. The search stops when
+    no beam is live, when (for min/product, which never rise) the best finished
+    answer beats every live beam, or at max_steps, where live beams are finished
+    with one final continuation each.
+    """
+    p = s.p
+    beams, finished = [Path()], []
+    for _ in range(p.max_steps):
+        reqs, owners = [], []
+        for b in beams:
+            r = s.request(b, n=p.candidates_per_step)
+            if r is None:
+                finished.append(b)
+            else:
+                reqs.append(r)
+                owners.append(b)
+        if not reqs:
+            beams = []
+            break
+        outs = yield reqs
+        s.count(reqs, outs)
+        pool, seen = [], set()
+        for b, completions in zip(owners, outs):
+            for c in completions:
+                key = b.token_ids + c.token_ids
+                if key not in seen:  # identical samples would waste beam slots
+                    seen.add(key)
+                    pool.append(s.extend(b, c))
+        pool.sort(key=lambda q: q.rank_key, reverse=True)
+        top = pool[: p.beam_size]
+        finished += [q for q in top if not q.live]
+        beams = [q for q in top if q.live]
+        if not beams:
+            break
+        if (p.score_aggregation in MONOTONE_NON_INCREASING and finished
+                and best(finished).rank_key >= max(b.rank_key for b in beams)):
+            beams = []
+            break
+    if beams:
+        finished += yield from _finish(beams, s)
+    return best(finished), finished
+
+
+def _finish(paths: list[Path], s: Search):
+    """max_steps reached: finish every live path with one final continuation (one engine call)."""
+    reqs, owners, done = [], [], []
+    for path in paths:
+        r = s.request(path, n=1, final=True)
+        if r is None:
+            done.append(path)
+        else:
+            reqs.append(r)
+            owners.append(path)
+    if reqs:
+        outs = yield reqs
+        s.count(reqs, outs)
+        done += [s.extend(path, cs[0], final=True) for path, cs in zip(owners, outs)]
+    return done
+
+
+def _finite(x: float) -> float:
+    return x if x == x else float("-inf")
+
+
+STRATEGY_FUNCS = {"offline_bon": offline_bon, "online_bon": online_bon, "beam_search": beam_search}
+
+
+def drive(engine, searches: Sequence[Search], progress: bool | None = None) -> list[StrategyResult]:
+    """Run one strategy per Search, one engine call per round for all of them."""
+    from tqdm.auto import tqdm
+
+    tokenizer = engine.tokenizer
+    start = time.perf_counter()
+    gens = [STRATEGY_FUNCS[s.p.strategy](s, tokenizer) for s in searches]
+    pending: dict[int, list[GenerationRequest]] = {}
+    finals: dict[int, tuple[Path, list[Path], float]] = {}
+
+    def advance(i: int, value=None):
+        try:
+            pending[i] = gens[i].send(value)
+        except StopIteration as stop:
+            pending.pop(i, None)
+            finals[i] = (*stop.value, time.perf_counter() - start)
+
+    for i in range(len(gens)):
+        advance(i)
+    bar = tqdm(desc="tts steps", unit="call", disable=True if progress is False else None, leave=False)
+    while pending:
+        order = sorted(pending)
+        batch = [r for i in order for r in pending[i]]
+        outputs = engine.generate(batch)
+        bar.update(1)
+        bar.set_postfix(live=len(order))
+        at = 0
+        for i in order:
+            n = len(pending[i])
+            advance(i, outputs[at: at + n])
+            at += n
+    bar.close()
+    return [_result(searches[i], *finals[i], tokenizer) for i in range(len(gens))]
+
+
+def _result(s: Search, chosen: Path, paths: list[Path], elapsed: float, tokenizer) -> StrategyResult:
+    for step in chosen.steps:
+        step.selected = True
+    trajectories = [s.trajectory(p, tokenizer) for p in paths]
+    chosen_traj = next((t for t, p in zip(trajectories, paths) if p is chosen), None) or s.trajectory(chosen, tokenizer)
+    return StrategyResult(
+        strategy=s.p.strategy, scorer=s.p.scorer, text=chosen_traj.text, steps=chosen.steps,
+        aggregated_score=chosen.score, completion_reason=chosen.reason, candidates=trajectories,
+        tree=s.tree, usage=s.usage, elapsed_s=elapsed, prompt_tokens=len(s.prompt_ids), params=s.p.to_dict(),
+    )

@@ -1,0 +1,95 @@
+"""A scripted engine for unit-testing strategy logic (never the only proof: the same
+strategies also run on the real vLLM engine in test_tts_vllm.py).
+
+Tokens are characters (id = ord(c), EOS = 0). The script is a tree: `tree[prefix]`
+lists the possible next steps after the generated text `prefix`, each as
+(text, logprob of every token, ends_answer). Sample k of a request picks child
+(k + call offset) mod len at every level, so n samples see different children.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kaggle_kit.engine.types import Completion
+
+EOS = 0
+
+
+class CharTokenizer:
+    chat_template = "scripted"
+    eos_token_id = EOS
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) for c in text]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids if not (skip_special_tokens and i == EOS))
+
+    def batch_decode(self, seqs, skip_special_tokens=True):
+        return [self.decode(s, skip_special_tokens) for s in seqs]
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True, enable_thinking=False):
+        return "".join(f"[{m['role']}]{m['content']}" for m in messages) + "[assistant]"
+
+
+class ScriptedEngine:
+    def __init__(self, tree: dict[str, list[tuple[str, float, bool]]], max_model_len: int = 10_000):
+        self.tree = tree
+        self.tokenizer = CharTokenizer()
+        self.max_model_len = max_model_len
+        self.eos_token_ids = frozenset({EOS})
+        self.calls: list[list] = []  # the requests of every generate() call
+
+    def _prompt_len(self, ids):
+        text = self.tokenizer.decode(ids)
+        return len(text) - len(text.split("[assistant]", 1)[1])
+
+    def generate(self, requests, use_tqdm=False):
+        self.calls.append(list(requests))
+        out = []
+        for r in requests:
+            start = self._prompt_len(r.prompt_ids)
+            prefix = self.tokenizer.decode(r.prompt_ids[start:])
+            offset = (r.sampling.seed or 0) % 7
+            out.append([self._sample(prefix, k + offset, r.sampling, len(r.prompt_ids)) for k in range(r.sampling.n)])
+        return out
+
+    def _sample(self, prefix, k, spec, prompt_len):
+        ids, lps, stop_reason, finish = [], [], None, "length"
+        while len(ids) < spec.max_tokens:
+            children = self.tree.get(prefix)
+            if not children:
+                raise AssertionError(f"script has no continuation after {prefix!r}")
+            text, lp, ends = children[k % len(children)]
+            for ch in text:
+                ids.append(ord(ch))
+                lps.append(lp)
+                if len(ids) >= spec.max_tokens:
+                    break
+            prefix += text
+            if len(ids) >= spec.max_tokens and not (ends and len(text) == 0):
+                break
+            hit = next((s for s in spec.stop if prefix.endswith(s) and len(ids) > spec.min_tokens), None)
+            if ends:
+                ids.append(EOS)
+                lps.append(lp)
+                finish = "stop"
+                break
+            if hit:
+                stop_reason, finish = hit, "stop"
+                break
+        chosen = np.asarray(lps, dtype=float)
+        other = np.log1p(-np.exp(np.minimum(chosen, -1e-12)))  # the rest of the mass on one token
+        returned = np.stack([chosen, other], axis=1) if len(ids) else np.zeros((0, 2))
+        return Completion(
+            token_ids=tuple(ids), text=self.tokenizer.decode(ids), finish_reason=finish, stop_reason=stop_reason,
+            chosen_logprobs=chosen, returned_ids=np.zeros((len(ids), 2), dtype=np.int64), returned_logprobs=returned,
+            prompt_tokens=prompt_len, num_cached_tokens=0,
+        )
+
+
+def lp_for_score(score: float) -> float:
+    """The per-token logprob whose perplexity step score is `score` (score = 1/(1 - lp))."""
+    return 1.0 - 1.0 / score
