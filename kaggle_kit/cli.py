@@ -23,6 +23,50 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _cmd_tts(args) -> int:
+    import dataclasses
+
+    import kaggle_kit as kk
+    from kaggle_kit.tts.params import TTSParams
+
+    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(TTSParams) if getattr(args, f.name, None) is not None}
+    TTSParams.of(**params)  # bad values fail before the model loads
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
+    kk.ensure_model(args.model)
+    result = kk.run_strategy(messages, progress=not args.json, **params)
+    if args.json:
+        print(json.dumps(result.to_dict(include_tree=args.tree), indent=2))
+    else:
+        print(result.text)
+        print(f"\n[{result.strategy}/{result.scorer}] score {result.aggregated_score:.4f}, {len(result.steps)} steps, "
+              f"{result.completion_reason.value}, {result.usage.engine_calls} engine calls, {result.elapsed_s:.2f}s",
+              file=sys.stderr)
+    return 0
+
+
+def _add_tts_params(parser: argparse.ArgumentParser) -> None:
+    """One option per TTSParams field, named as in the Python API."""
+    import dataclasses
+    import typing
+
+    from kaggle_kit.tts.params import TTSParams
+
+    hints = typing.get_type_hints(TTSParams)
+    for f in dataclasses.fields(TTSParams):
+        hint = str(hints[f.name])
+        flags = ["--" + f.name.replace("_", "-")] + (["--" + f.name] if "_" in f.name else [])  # KernelAct spells them with _
+        if f.type in ("bool",) or hint == "<class 'bool'>":
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif "tuple" in hint:
+            parser.add_argument(*flags, dest=f.name, action="append", default=None, help="repeatable")
+        elif "int" in hint:
+            parser.add_argument(*flags, dest=f.name, type=int, default=None, help=f"default {f.default}")
+        elif "float" in hint:
+            parser.add_argument(*flags, dest=f.name, type=float, default=None, help=f"default {f.default}")
+        else:
+            parser.add_argument(*flags, dest=f.name, default=None, help=f"default {f.default}")
+
+
 def _cmd_demo(args) -> int:
     from kaggle_kit.demo import run_demo
 
@@ -45,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--model", default=None, help="model directory (default: $VLLM_MODEL_PATH or the Kaggle input mount)")
     pl.set_defaults(func=_cmd_plan)
 
+    ts = sub.add_parser("tts", help="run a test-time-scaling strategy on one prompt")
+    ts.add_argument("--model", default=None, help="model directory (default: $VLLM_MODEL_PATH or the Kaggle input mount)")
+    ts.add_argument("--prompt", required=True)
+    ts.add_argument("--system", default=None)
+    ts.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    ts.add_argument("--tree", action="store_true", help="with --json: include every scored step")
+    _add_tts_params(ts)
+    ts.set_defaults(func=_cmd_tts)
+
     d = sub.add_parser("demo", help="build the tiny model and run it through the real vLLM engine")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--model-dir", default=".cache/tiny-model")
@@ -53,13 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # stdout is for results (e.g. --json); vLLM logs to stdout unless told otherwise.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from kaggle_kit.config import ConfigError
 
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, ValueError, TypeError) as e:
         print(f"kaggle-kit: error: {e}", file=sys.stderr)
         return 2
 

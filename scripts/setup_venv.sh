@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS=${KK_EXTRAS:-cpu,dev}
+EXTRAS=${KK_EXTRAS:-cpu,dev,polygraph}
 
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv

@@ -149,6 +149,6 @@ def test_echo_streams_words():
 def test_ollama_stream_cut_mid_way_raises(ollama_srv):
     ollama_srv.drop_mid_stream = True
     stream = OllamaBackend(f"http://127.0.0.1:{ollama_srv.port}", "m").stream(MSGS)
-    with pytest.raises(BackendError, match="before done"):
+    with pytest.raises(BackendError, match="stream ended before"):
         list(stream)
     assert stream.text == "ollama" and not stream.complete

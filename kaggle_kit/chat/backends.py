@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -190,43 +190,28 @@ class OpenAICompatBackend(Backend):
         body = self._body(messages, options, stream=True)
         s = ChatStream(iter([]), self.name)
 
-        def pieces():
-            splitter = ThinkSplitter()
-            try:
-                with httpx.stream("POST", f"{self.base_url}/chat/completions", json=body,
-                                  headers=self._headers(), timeout=self.timeout_s) as r:
-                    self._raise_for(r)
-                    done = False
-                    for line in r.iter_lines():
-                        if not line.startswith("data:"):
-                            continue
-                        payload = line[5:].strip()
-                        if payload == "[DONE]":
-                            done = True
-                            break
-                        event = json.loads(payload)
-                        if "error" in event:
-                            raise BackendError(self.name, f"stream error: {event['error']}")
-                        for choice in event.get("choices") or []:
-                            delta = choice.get("delta") or {}
-                            s.thinking += delta.get("reasoning_content") or ""
-                            s.finish_reason = choice.get("finish_reason") or s.finish_reason
-                            out = splitter.feed(delta.get("content") or "")
-                            if out:
-                                yield out
-                        if event.get("usage"):
-                            s.prompt_tokens = event["usage"].get("prompt_tokens")
-                            s.completion_tokens = event["usage"].get("completion_tokens")
-                    if not done:  # the connection closed mid-answer
-                        raise BackendError(self.name, "stream ended before [DONE]")
-            except httpx.HTTPError as e:
-                raise BackendError(self.name, f"stream failed: {e!r}") from e
-            tail = splitter.finish()
-            s.thinking = (s.thinking or splitter.thinking).strip()
-            if tail:
-                yield tail
+        def handle(line: str, splitter: ThinkSplitter) -> tuple[str, bool]:
+            if not line.startswith("data:"):
+                return "", False
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                return "", True
+            event = json.loads(payload)
+            if "error" in event:
+                raise BackendError(self.name, f"stream error: {event['error']}")
+            out = ""
+            for choice in event.get("choices") or []:
+                delta = choice.get("delta") or {}
+                s.thinking += delta.get("reasoning_content") or ""
+                s.finish_reason = choice.get("finish_reason") or s.finish_reason
+                out += splitter.feed(delta.get("content") or "")
+            if event.get("usage"):
+                s.prompt_tokens = event["usage"].get("prompt_tokens")
+                s.completion_tokens = event["usage"].get("completion_tokens")
+            return out, False
 
-        s.pieces = pieces()
+        s.pieces = _http_stream(self.name, f"{self.base_url}/chat/completions", body, self._headers(),
+                                self.timeout_s, s, handle)
         return s
 
 
@@ -278,42 +263,52 @@ class OllamaBackend(Backend):
         body = self._body(messages, options, stream=True)
         s = ChatStream(iter([]), self.name)
 
-        def pieces():
-            splitter = ThinkSplitter()
-            try:
-                with httpx.stream("POST", f"{self.host}/api/chat", json=body, timeout=self.timeout_s) as r:
-                    if r.status_code >= 400:
-                        r.read()
-                        raise BackendError(self.name, f"HTTP {r.status_code}: {r.text[:300]}")
-                    done = False
-                    for line in r.iter_lines():
-                        if not line.strip():
-                            continue
-                        event = json.loads(line)
-                        if "error" in event:
-                            raise BackendError(self.name, f"stream error: {event['error']}")
-                        msg = event.get("message") or {}
-                        s.thinking += msg.get("thinking") or ""
-                        out = splitter.feed(msg.get("content") or "")
-                        if out:
-                            yield out
-                        if event.get("done"):
-                            s.finish_reason = event.get("done_reason")
-                            s.prompt_tokens = event.get("prompt_eval_count")
-                            s.completion_tokens = event.get("eval_count")
-                            done = True
-                            break
-                    if not done:
-                        raise BackendError(self.name, "stream ended before done=true")
-            except httpx.HTTPError as e:
-                raise BackendError(self.name, f"stream failed: {e!r}") from e
-            tail = splitter.finish()
-            s.thinking = (s.thinking or splitter.thinking).strip()
-            if tail:
-                yield tail
+        def handle(line: str, splitter: ThinkSplitter) -> tuple[str, bool]:
+            if not line.strip():
+                return "", False
+            event = json.loads(line)
+            if "error" in event:
+                raise BackendError(self.name, f"stream error: {event['error']}")
+            msg = event.get("message") or {}
+            s.thinking += msg.get("thinking") or ""
+            out = splitter.feed(msg.get("content") or "")
+            if event.get("done"):
+                s.finish_reason = event.get("done_reason")
+                s.prompt_tokens = event.get("prompt_eval_count")
+                s.completion_tokens = event.get("eval_count")
+            return out, bool(event.get("done"))
 
-        s.pieces = pieces()
+        s.pieces = _http_stream(self.name, f"{self.host}/api/chat", body, {}, self.timeout_s, s, handle)
         return s
+
+
+def _http_stream(name: str, url: str, body: dict, headers: dict, timeout: float, s: ChatStream,
+                 handle: Callable[[str, ThinkSplitter], tuple[str, bool]]) -> Iterator[str]:
+    """POST `body` and yield answer pieces; `handle(line, splitter)` -> (piece, finished).
+
+    A stream that closes before the protocol's end marker is an error, not an answer.
+    """
+    splitter = ThinkSplitter()
+    try:
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=timeout) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise BackendError(name, f"HTTP {r.status_code}: {r.text[:300]}")
+            done = False
+            for line in r.iter_lines():
+                piece, done = handle(line, splitter)
+                if piece:
+                    yield piece
+                if done:
+                    break
+            if not done:  # the connection closed mid-answer
+                raise BackendError(name, "stream ended before its end marker")
+    except httpx.HTTPError as e:
+        raise BackendError(name, f"stream failed: {e!r}") from e
+    tail = splitter.finish()
+    s.thinking = (s.thinking or splitter.thinking).strip()
+    if tail:
+        yield tail
 
 
 def make_backend(name: str, settings) -> Backend:

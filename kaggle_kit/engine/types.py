@@ -11,6 +11,16 @@ from typing import Protocol, Sequence
 import numpy as np
 
 
+def check_sampling(temperature: float, top_p: float, top_k: int) -> None:
+    """The sampling ranges every engine accepts; shared by all parameter types."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
     n: int = 1
@@ -27,12 +37,7 @@ class SamplingSpec:
     def __post_init__(self):
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        check_sampling(self.temperature, self.top_p, self.top_k)
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.logprobs is not None and self.logprobs < 0:

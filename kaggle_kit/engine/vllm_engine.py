@@ -5,6 +5,7 @@ and the notebook can share one engine without interleaving engine steps.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from typing import Iterator, Sequence
@@ -118,15 +119,31 @@ class VLLMEngine:
         return frozenset(i for i in ids if i is not None)
 
     def generate(self, requests: Sequence[GenerationRequest], use_tqdm: bool = False) -> list[list[Completion]]:
+        """One `LLM.generate` call for all requests; n samples come back per request.
+
+        A request with n > 1 is sent as n single-sample requests (seeds seed, seed+1, ...):
+        vLLM v1 fans n out into child requests anyway, and the children share the
+        prompt's KV blocks through the prefix cache (measured: the prompt is prefilled
+        once, bar its last partial block), but only separate requests report their
+        own `num_cached_tokens`, which usage accounting needs.
+        """
         if not requests:
             return []
         from vllm.inputs import TokensPrompt
 
-        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
-        params = [to_sampling_params(r.sampling) for r in requests]
+        prompts, params, owner = [], [], []
+        for i, r in enumerate(requests):
+            for k in range(r.sampling.n):
+                seed = None if r.sampling.seed is None else r.sampling.seed + k
+                prompts.append(TokensPrompt(prompt_token_ids=list(r.prompt_ids)))
+                params.append(to_sampling_params(dataclasses.replace(r.sampling, n=1, seed=seed)))
+                owner.append(i)
         with self.lock:
             outputs = self.llm.generate(prompts, params, use_tqdm=use_tqdm)
-        return [[_completion(o, ro) for o in sorted(ro.outputs, key=lambda o: o.index)] for ro in outputs]
+        result: list[list[Completion]] = [[] for _ in requests]
+        for i, ro in zip(owner, outputs):
+            result[i].append(_completion(ro.outputs[0], ro))
+        return result
 
     def stream(self, prompt_ids: Sequence[int], sampling: SamplingSpec) -> Iterator[tuple[str, tuple[int, ...], str | None]]:
         """Yield (text_delta, token_ids_delta, finish_reason) as the engine steps.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from kaggle_kit.engine.types import check_sampling
 from kaggle_kit.tts.aggregation import check_aggregation
 from kaggle_kit.tts.scorers import check_scorer
 
@@ -55,12 +56,7 @@ class TTSParams:
             raise ValueError(f"min_step_tokens ({self.min_step_tokens}) must be < max_step_tokens ({self.max_step_tokens})")
         if self.window_size is not None and (not isinstance(self.window_size, int) or self.window_size < 1):
             raise ValueError(f"window_size must be a positive integer or None, got {self.window_size!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        check_sampling(self.temperature, self.top_p, self.top_k)
         for name in ("step_stop", "stop"):
             v = getattr(self, name)
             v = (v,) if isinstance(v, str) else tuple(v or ())

@@ -58,8 +58,8 @@ class Trajectory:
 class Usage:
     engine_calls: int = 0
     requests: int = 0
-    prompt_tokens: int = 0  # prompt tokens sent (once per request)
-    cached_prompt_tokens: int = 0  # of those, served from vLLM's prefix cache
+    prompt_tokens: int = 0  # prompt tokens of every sampled sequence (a request with n samples counts n times)
+    cached_prompt_tokens: int = 0  # of those, served from vLLM's prefix cache instead of computed
     generated_tokens: int = 0
 
     def add(self, other: "Usage") -> None:
@@ -108,6 +108,26 @@ class StrategyResult:
         row.update({f"param_{k}": v for k, v in self.params.items() if not isinstance(v, (list, tuple, dict))})
         return row
 
+    def to_dict(self, include_tree: bool = False) -> dict[str, Any]:
+        """JSON-ready summary: the chosen path, every candidate's score, usage."""
+        def step(st: Step) -> dict[str, Any]:
+            return {"depth": st.depth, "text": st.text, "score": _num(st.score), "uncertainty": _num(st.uncertainty),
+                    "num_tokens": st.num_tokens, "finish": st.finish, "final_continuation": st.final_continuation}
+
+        out = {
+            "strategy": self.strategy, "scorer": self.scorer, "text": self.text,
+            "aggregated_score": _num(self.aggregated_score), "completion_reason": self.completion_reason.value,
+            "steps": [step(st) for st in self.steps],
+            "candidates": [{"text": c.text, "aggregated_score": _num(c.aggregated_score),
+                            "completion_reason": c.completion_reason.value, "num_steps": len(c.steps),
+                            "chosen": bool(c.steps and c.steps[-1].selected)} for c in self.candidates],
+            "usage": asdict(self.usage), "elapsed_s": self.elapsed_s, "prompt_tokens": self.prompt_tokens,
+            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()},
+        }
+        if include_tree:
+            out["tree"] = [step(st) | {"id": st.id, "parent": st.parent, "selected": st.selected} for st in self.tree]
+        return out
+
     def steps_frame(self):
         """Every scored step (the search tree) as a DataFrame."""
         import pandas as pd
@@ -120,6 +140,11 @@ def to_frame(results: list[StrategyResult]):
     import pandas as pd
 
     return pd.DataFrame([r.to_row() for r in results])
+
+
+def _num(x: float) -> float | None:
+    """JSON has no NaN/inf: report them as null."""
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
 def finite_or(x: float, default: float = -math.inf) -> float:

@@ -87,8 +87,8 @@ class Search:
         self.usage.engine_calls += 1
         self.usage.requests += len(requests)
         for req, outs in zip(requests, outputs):
-            self.usage.prompt_tokens += len(req.prompt_ids)
-            self.usage.cached_prompt_tokens += outs[0].num_cached_tokens if outs else 0
+            self.usage.prompt_tokens += len(req.prompt_ids) * len(outs)  # every sample's sequence holds the prompt
+            self.usage.cached_prompt_tokens += sum(c.num_cached_tokens for c in outs)
             self.usage.generated_tokens += sum(c.num_tokens for c in outs)
 
     # -- scoring --------------------------------------------------------------
