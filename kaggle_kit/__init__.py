@@ -26,6 +26,8 @@ _EXPORTS = {
     "TTSParams": "kaggle_kit.tts.params",
     "StrategyResult": "kaggle_kit.tts.results",
     "CompletionReason": "kaggle_kit.tts.results",
+    "serve": "kaggle_kit.service.server",
+    "create_app": "kaggle_kit.service.app",
 }
 _SUBMODULES = ("tts", "engine", "chat", "subchat", "service")
 

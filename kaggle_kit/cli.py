@@ -67,6 +67,19 @@ def _add_tts_params(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(*flags, dest=f.name, default=None, help=f"default {f.default}")
 
 
+def _cmd_serve(args) -> int:
+    import os
+
+    import kaggle_kit as kk
+
+    kk.ensure_model(args.model, **({"max_model_len": args.max_model_len} if args.max_model_len else {}))
+    print(f"serving on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    kk.serve(port=args.port, host=args.host, api_key=args.api_key or os.environ.get("KK_API_KEY"),
+             served_model_name=args.served_model_name, clamp_max_tokens=args.clamp_max_tokens,
+             max_active=args.max_concurrent, block=True, log_level="info" if args.verbose else "warning")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from kaggle_kit.demo import run_demo
 
@@ -97,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--tree", action="store_true", help="with --json: include every scored step")
     _add_tts_params(ts)
     ts.set_defaults(func=_cmd_tts)
+
+    sv = sub.add_parser("serve", help="serve the model and the TTS strategies over OpenAI's API")
+    sv.add_argument("--model", default=None, help="model directory (default: $VLLM_MODEL_PATH or the Kaggle input mount)")
+    sv.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    sv.add_argument("--port", type=int, default=8001)
+    sv.add_argument("--api-key", default=None, help="require this bearer key (or set KK_API_KEY)")
+    sv.add_argument("--served-model-name", default=None, help="the model id clients send (default: the model dir's name)")
+    sv.add_argument("--max-model-len", type=int, default=None)
+    sv.add_argument("--clamp-max-tokens", action="store_true",
+                    help="shrink max_tokens to fit the window instead of answering 400 (for clients that send huge values)")
+    sv.add_argument("--max-concurrent", type=int, default=32)
+    sv.set_defaults(func=_cmd_serve)
 
     d = sub.add_parser("demo", help="build the tiny model and run it through the real vLLM engine")
     d.add_argument("--out", default="runs/demo")

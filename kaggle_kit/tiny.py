@@ -121,7 +121,7 @@ def build_tiny_model(path: str | Path, seed: int = 0, train_steps: int = 120, vo
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"],
-        model_max_length=8192,
+        model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -136,7 +136,7 @@ def build_tiny_model(path: str | Path, seed: int = 0, train_steps: int = 120, vo
         num_attention_heads=2,
         num_key_value_heads=2,
         head_dim=64,
-        max_position_embeddings=8192,
+        max_position_embeddings=32768,
         rope_theta=10000.0,
         tie_word_embeddings=True,
         bos_token_id=eot,

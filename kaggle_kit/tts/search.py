@@ -54,6 +54,7 @@ class Search:
         self.max_model_len = max_model_len
         self.eos_ids = eos_ids
         self.tree: list[Step] = []
+        self.fixed: list[Step] = []  # steps every path still in the running shares (safe to stream)
         self.usage = Usage()
         self._ids = itertools.count()
         self._seeds = itertools.count()
@@ -90,6 +91,19 @@ class Search:
             self.usage.prompt_tokens += len(req.prompt_ids) * len(outs)  # every sample's sequence holds the prompt
             self.usage.cached_prompt_tokens += sum(c.num_cached_tokens for c in outs)
             self.usage.generated_tokens += sum(c.num_tokens for c in outs)
+
+    def fix(self, paths: list[Path]) -> None:
+        """Record the steps that every path still in the running shares."""
+        if not paths:
+            return
+        common = paths[0].steps
+        for p in paths[1:]:
+            n = 0
+            while n < min(len(common), len(p.steps)) and common[n].id == p.steps[n].id:
+                n += 1
+            common = common[:n]
+        if len(common) > len(self.fixed):
+            self.fixed = list(common)
 
     # -- scoring --------------------------------------------------------------
     def new_step(self, parent: Path, token_ids, chosen, returned, text: str, finish: str, final: bool = False) -> Step:

@@ -54,6 +54,7 @@ def online_bon(s: Search, tokenizer=None) -> StrategyGen:
         s.count([req], outs)
         candidates = [s.extend(path, c) for c in outs[0]]
         path = max(candidates, key=lambda q: _finite(q.steps[-1].score))
+        s.fix([path])
         if not path.live:
             return path, [path]
     path = yield from _finish([path], s)
@@ -96,6 +97,7 @@ def beam_search(s: Search, tokenizer=None) -> StrategyGen:
         top = pool[: p.beam_size]
         finished += [q for q in top if not q.live]
         beams = [q for q in top if q.live]
+        s.fix(beams + finished)
         if not beams:
             break
         if (p.score_aggregation in MONOTONE_NON_INCREASING and finished
@@ -163,10 +165,10 @@ def drive(engine, searches: Sequence[Search], progress: bool | None = None) -> l
             advance(i, outputs[at: at + n])
             at += n
     bar.close()
-    return [_result(searches[i], *finals[i], tokenizer) for i in range(len(gens))]
+    return [build_result(searches[i], *finals[i], tokenizer) for i in range(len(gens))]
 
 
-def _result(s: Search, chosen: Path, paths: list[Path], elapsed: float, tokenizer) -> StrategyResult:
+def build_result(s: Search, chosen: Path, paths: list[Path], elapsed: float, tokenizer) -> StrategyResult:
     for step in chosen.steps:
         step.selected = True
     trajectories = [s.trajectory(p, tokenizer) for p in paths]

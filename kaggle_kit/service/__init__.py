@@ -1,0 +1,1 @@
+"""OpenAI-compatible service for the TTS strategies (FastAPI)."""

@@ -1,0 +1,266 @@
+"""The OpenAI-compatible app: /v1/chat/completions with tts_* fields, /v1/models, /health.
+
+What each request streams (stream=true):
+  plain generation  tokens as the engine produces them;
+  online_bon        each step's text once it is chosen;
+  beam_search       text once every beam still in the running shares it (often
+                    late: beams diverge early), the rest when the search ends;
+  offline_bon       the whole chosen answer when the search ends.
+Thinking text (enable_thinking) goes to `reasoning_content`, never `content`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Callable
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from kaggle_kit.chat.messages import prompt_ids, split_thinking, validate_messages
+from kaggle_kit.engine.types import SamplingSpec
+from kaggle_kit.service.errors import ApiError, install
+from kaggle_kit.service.schemas import ChatCompletionRequest
+from kaggle_kit.service.worker import Busy, EngineWorker, Event, Job
+from kaggle_kit.tts.params import TTSParams
+from kaggle_kit.tts.results import CompletionReason, StrategyResult
+from kaggle_kit.tts.search import Search
+
+
+def _registered_engine():
+    from kaggle_kit.engine.registry import VLLMClient
+
+    return VLLMClient.get_engine() if VLLMClient.is_ready() else None
+
+
+class ServiceState:
+    def __init__(self, engine_provider: Callable, api_key: str | None, served_model_name: str | None,
+                 clamp_max_tokens: bool, max_active: int, max_queued: int):
+        self.engine_provider = engine_provider
+        self.api_key = api_key
+        self.served_model_name = served_model_name
+        self.clamp_max_tokens = clamp_max_tokens
+        self.max_active, self.max_queued = max_active, max_queued
+        self.worker: EngineWorker | None = None
+
+    def engine(self):
+        engine = self.engine_provider()
+        if engine is None:
+            raise ApiError(503, "no model is loaded: call kk.ensure_model() (or start with --model)",
+                           type="service_unavailable_error", code="model_not_loaded")
+        if self.worker is None or self.worker.engine is not engine:  # first use, or the model was swapped
+            if self.worker is not None:
+                self.worker.stop()
+            self.worker = EngineWorker(engine, self.max_active, self.max_queued)
+        return engine
+
+    def model_name(self, engine) -> str:
+        return self.served_model_name or os.path.basename(engine.model_name.rstrip("/")) or engine.model_name
+
+    def shutdown(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+
+
+def create_app(engine_provider: Callable | None = None, api_key: str | None = None,
+               served_model_name: str | None = None, clamp_max_tokens: bool = False,
+               max_active: int = 32, max_queued: int = 64) -> FastAPI:
+    """The app; the engine comes from `engine_provider()` (default: the registered model)."""
+    state = ServiceState(engine_provider or _registered_engine, api_key if api_key is not None else os.environ.get("KK_API_KEY") or None,
+                         served_model_name, clamp_max_tokens, max_active, max_queued)
+    app = FastAPI(title="kaggle_kit TTS service", version="1")
+    app.state.kk = state
+    install(app)
+    app.router.add_event_handler("shutdown", state.shutdown)
+
+    def auth(request: Request) -> None:
+        if state.api_key and request.headers.get("authorization") != f"Bearer {state.api_key}":
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    @app.get("/health")
+    def health():
+        engine = state.engine_provider()
+        if engine is None:
+            return JSONResponse({"status": "no_model"}, status_code=503)
+        active, queued = state.worker.load if state.worker else (0, 0)
+        return {"status": "ok", "model": state.model_name(engine), "active": active, "queued": queued}
+
+    @app.get("/v1/models", dependencies=[Depends(auth)])
+    def models():
+        engine = state.engine()
+        return {"object": "list", "data": [{"id": state.model_name(engine), "object": "model", "created": 0,
+                                            "owned_by": "kaggle_kit", "max_model_len": engine.max_model_len}]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        engine = state.engine()
+        name = state.model_name(engine)
+        if body.model not in (name, engine.model_name):
+            raise ApiError(404, f"model {body.model!r} is not served here; this server serves {name!r}",
+                           type="not_found_error", param="model", code="model_not_found")
+        try:
+            msgs = validate_messages([m.as_chat() for m in body.messages])
+        except (TypeError, ValueError) as e:
+            raise ApiError(400, str(e), param="messages") from None
+        ids = prompt_ids(engine.tokenizer, msgs, body.enable_thinking)
+        max_tokens = _check_context(len(ids), body.requested_max_tokens, engine.max_model_len, state.clamp_max_tokens)
+        loop = asyncio.get_running_loop()
+        if body.tts_strategy is None:
+            spec = SamplingSpec(
+                temperature=1.0 if body.temperature is None else body.temperature,
+                top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0,
+                max_tokens=max_tokens, stop=tuple(body.stop or ()), include_stop_str_in_output=False, seed=body.seed)
+            job = Job(loop, ids, stream=body.stream, spec=spec)
+        else:
+            try:
+                params = TTSParams.of(max_tokens=max_tokens, **body.tts_params())
+            except (TypeError, ValueError) as e:
+                raise ApiError(400, str(e), param=_param_of(str(e))) from None
+            job = Job(loop, ids, stream=body.stream, search=Search(ids, params, engine.max_model_len, engine.eos_token_ids))
+        try:
+            state.worker.submit(job)
+        except Busy as e:
+            raise ApiError(429, str(e), type="rate_limit_error", code="server_busy") from None
+        meta = {"id": f"chatcmpl-{job.id}", "created": int(time.time()), "model": name}
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_sse(job, state.worker, meta, len(ids), include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return await _complete(job, state.worker, meta, len(ids), request)
+
+    return app
+
+
+def _check_context(prompt_len: int, requested: int | None, window: int, clamp: bool) -> int:
+    room = window - prompt_len
+    if room < 1:
+        raise ApiError(400, f"This model's maximum context length is {window} tokens. However, your messages "
+                            f"resulted in {prompt_len} tokens. Please reduce the length of the messages.",
+                       param="messages", code="context_length_exceeded")
+    if requested is None:
+        return room
+    if requested > room and not clamp:
+        raise ApiError(400, f"This model's maximum context length is {window} tokens. However, you requested "
+                            f"{prompt_len + requested} tokens ({prompt_len} in the messages, {requested} in the "
+                            f"completion). Please reduce the length of the messages or the completion.",
+                       param="max_tokens", code="context_length_exceeded")
+    return min(requested, room)
+
+
+def _param_of(message: str) -> str | None:
+    for word in ("strategy", "scorer", "score_aggregation", "num_trajectories", "candidates_per_step",
+                 "beam_size", "max_steps", "window_size"):
+        if word in message:
+            return "tts_" + word
+    return None
+
+
+def _finish_reason(result: StrategyResult) -> str:
+    if result.completion_reason in (CompletionReason.EOS, CompletionReason.STOP):
+        return "stop"
+    if result.completion_reason is CompletionReason.MAX_STEPS and result.steps and result.steps[-1].finish in ("eos", "stop"):
+        return "stop"
+    return "length"
+
+
+def _tts_metadata(result: StrategyResult) -> dict:
+    data = result.to_dict()
+    return {k: data[k] for k in ("strategy", "scorer", "aggregated_score", "completion_reason", "steps",
+                                 "candidates", "usage", "elapsed_s")}
+
+
+def _payload(done: dict | StrategyResult) -> tuple[dict, str, dict | None]:
+    """(message fields, finish_reason, tts_metadata) of a finished job."""
+    if isinstance(done, StrategyResult):
+        thinking, answer = split_thinking(done.text)
+        return {"content": answer, "reasoning_content": thinking or None}, _finish_reason(done), _tts_metadata(done)
+    thinking, answer = split_thinking(done.get("text", ""))
+    reasoning = done.get("thinking") or thinking
+    return {"content": answer, "reasoning_content": reasoning or None}, done["finish_reason"] or "stop", None
+
+
+def _completion_tokens(done: dict | StrategyResult) -> int:
+    return done.num_tokens if isinstance(done, StrategyResult) else done["completion_tokens"]
+
+
+async def _next(job: Job, request: Request | None) -> Event:
+    """The job's next event; a client that went away cancels the job."""
+    while True:
+        try:
+            return await asyncio.wait_for(job.events.get(), timeout=0.25)
+        except asyncio.TimeoutError:
+            if request is not None and await request.is_disconnected():
+                raise asyncio.CancelledError()
+
+
+async def _complete(job: Job, worker: EngineWorker, meta: dict, prompt_tokens: int, request: Request):
+    try:
+        while True:
+            ev = await _next(job, request)
+            if ev.kind == "error":
+                raise _as_api_error(ev.payload)
+            if ev.kind == "done":
+                break
+    except asyncio.CancelledError:
+        worker.cancel(job)
+        raise
+    done = ev.payload
+    message, finish, tts = _payload(done)
+    completion_tokens = _completion_tokens(done)
+    body = {**meta, "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish, "logprobs": None}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+    if tts is not None:
+        body["tts_metadata"] = tts
+    return JSONResponse(body)
+
+
+def _as_api_error(exc) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, Busy):
+        return ApiError(503, str(exc), type="service_unavailable_error", code="shutting_down")
+    if isinstance(exc, asyncio.CancelledError):
+        return ApiError(499, "request cancelled", code="cancelled")
+    return ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error")
+
+
+def _chunk(meta: dict, delta: dict, finish: str | None = None, **extra) -> str:
+    body = {**meta, "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+    return f"data: {json.dumps(body)}\n\n"
+
+
+async def _sse(job: Job, worker: EngineWorker, meta: dict, prompt_tokens: int, include_usage: bool):
+    """OpenAI chat.completion.chunk events; closing the connection cancels the job."""
+    finished = False
+    try:
+        yield _chunk(meta, {"role": "assistant", "content": ""})
+        while True:
+            ev = await job.events.get()
+            if ev.kind == "delta":
+                yield _chunk(meta, {"content": ev.text})
+            elif ev.kind == "error":
+                finished = True
+                err = _as_api_error(ev.payload)
+                yield f"data: {json.dumps(err.body())}\n\n"
+                break
+            else:
+                finished = True
+                done = ev.payload
+                message, finish, tts = _payload(done)
+                delta = {"reasoning_content": message["reasoning_content"]} if message.get("reasoning_content") else {}
+                extra = {"tts_metadata": tts} if tts is not None else {}
+                yield _chunk(meta, delta, finish, **extra)
+                if include_usage:
+                    n = _completion_tokens(done)
+                    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+                    yield f"data: {json.dumps({**meta, 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage})}\n\n"
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        if not finished:
+            worker.cancel(job)  # the client went away mid-stream: stop its work

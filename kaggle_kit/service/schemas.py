@@ -1,0 +1,95 @@
+"""The /v1/chat/completions request: OpenAI's schema plus the tts_* fields.
+
+Unknown fields are rejected (400) rather than silently dropped, so a client never
+believes an option it sent was honoured.
+"""
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart]]
+    name: str | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def as_chat(self) -> dict[str, str]:
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class ChatTemplateKwargs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enable_thinking: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # vLLM's extension
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1, description="one choice per request; use tts_strategy for best-of-N")
+    user: str | None = None
+    chat_template_kwargs: ChatTemplateKwargs | None = None
+    # test-time scaling
+    tts_strategy: str | None = None
+    tts_scorer: str | None = None
+    tts_num_trajectories: int | None = None
+    tts_candidates_per_step: int | None = None
+    tts_beam_size: int | None = None
+    tts_max_steps: int | None = None
+    tts_score_aggregation: str | None = None
+    tts_window_size: int | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings")
+        return stops
+
+    @property
+    def enable_thinking(self) -> bool:
+        return bool(self.chat_template_kwargs and self.chat_template_kwargs.enable_thinking)
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def tts_params(self) -> dict:
+        """The tts_* fields (and the sampling fields) as `TTSParams` keyword arguments."""
+        out = {k[4:]: v for k, v in self.model_dump().items() if k.startswith("tts_") and k != "tts_strategy" and v is not None}
+        out["strategy"] = self.tts_strategy
+        for k in ("temperature", "top_p", "top_k", "seed"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        if self.stop:
+            out["stop"] = tuple(self.stop)
+        out["enable_thinking"] = self.enable_thinking
+        return out
