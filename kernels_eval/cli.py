@@ -1,21 +1,186 @@
-"""`kernels-eval` command line (subcommands arrive with the kernels_eval issue)."""
+"""`kernels-eval` command line: eval, report, run, problems, prompt."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from kernels_eval import __version__
+
+
+def _cmd_eval(args) -> int:
+    from kernels_eval.evaluate import evaluate
+    from kernels_eval.parsing import parse_response
+    from kernels_eval.problems import load_problem
+    from kernels_eval.result import KernelEvalResult, Status
+
+    problem = load_problem(args.problem)
+    text = Path(args.candidate).read_text()
+    source = text
+    if "```" in text or not _is_python(text):  # a raw model response: take its code block
+        parsed = parse_response(text)
+        source = parsed.code
+        if not parsed.ok:
+            result = KernelEvalResult(problem.name, Status.REJECTED if parsed.status == "no_modelnew" else Status.NO_CODE,
+                                      message=f"{parsed.status}: {parsed.message}")
+    if source is not None:
+        result = evaluate(problem, source, args.device, trials=args.trials, timing=not args.no_timing,
+                          run_timeout=args.timeout, compile_timeout=args.compile_timeout)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        speed = f", speedup {result.speedup:.2f}x" if result.speedup else ""
+        flags = f", flags: {', '.join(result.flags)}" if result.flags else ""
+        print(f"{problem.name}: {result.status.value}{speed}{flags}")
+        if result.message:
+            print(result.message)
+    return 0 if result.correct else 1
+
+
+def _is_python(text: str) -> bool:
+    import ast
+
+    try:
+        ast.parse(text)
+        return True
+    except SyntaxError:
+        return False
+
+
+def _cmd_report(args) -> int:
+    from kernels_eval.metrics import summary, table
+    from kernels_eval.result import KernelEvalResult
+    from kernels_eval.runner import read_records
+
+    records = read_records(Path(args.results))
+    if not records:
+        print(f"kernels-eval: no records in {args.results}", file=sys.stderr)
+        return 2
+    results = [KernelEvalResult.from_dict(r["eval"]) for r in records]
+    s = summary(results, count_flagged=args.count_flagged)
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(table(results)[["problem", "status", "correct", "speedup", "runtime_ms", "ref_runtime_ms", "flags"]].to_string(index=False))
+    print()
+    for p in (0, 0.5, 0.8, 1, 1.5, 2):
+        f = s[f"fast_{p:g}"]
+        print(f"fast_{p:<4g} {f['num']:>4} / {f['den']:<4} = {f['rate']:.3f}" if f["den"] else f"fast_{p:g}: n/a")
+    gm = s["geomean_speedup"]
+    print(f"geomean speedup over correct: {gm:.3f}" if gm else "geomean speedup: n/a (nothing correct)")
+    for k in (1, 5):
+        v = s.get(f"pass@{k}")
+        print(f"pass@{k}: {v:.3f}" if v is not None else f"pass@{k}: n/a (fewer than {k} samples per problem)")
+    print("failures:", ", ".join(f"{k}={v}" for k, v in s["taxonomy"].items()))
+    if not args.count_flagged:
+        print("(flagged results are not counted as correct; --count-flagged counts them)")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from kernels_eval.runner import RunConfig, run
+
+    cfg = RunConfig(
+        experiment_name=args.experiment_name, model_name=args.model_name, level=args.level, problems_dir=args.problems,
+        problems=args.problem or None, num_samples=args.num_samples, tts_strategy=args.tts_strategy,
+        tts_scorer=args.tts_scorer, tts_num_trajectories=args.tts_num_trajectories,
+        tts_candidates_per_step=args.tts_candidates_per_step, tts_beam_size=args.tts_beam_size,
+        tts_max_steps=args.tts_max_steps, tts_score_aggregation=args.tts_score_aggregation,
+        temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed, thinking=args.thinking,
+        device=args.device, tts_service_url=args.tts_service_url, verifier=args.verifier, out_dir=args.out_dir,
+        batch_size=args.batch_size, eval_options={"run_timeout": args.timeout},
+    )
+    path = run(cfg)
+    print(path)
+    return 0
+
+
+def _cmd_problems(args) -> int:
+    from kernels_eval.problems import load_problems
+
+    for p in load_problems(args.dir, args.level):
+        print(f"{p.name}\t{p.path}")
+    return 0
+
+
+def _cmd_prompt(args) -> int:
+    from kernels_eval.problems import load_problem
+    from kernels_eval.prompts import build_messages
+
+    for m in build_messages(load_problem(args.problem), args.device, args.thinking):
+        print(f"[{m['role']}]\n{m['content']}\n")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kernels-eval", description="Evaluate model-written CUDA kernels.")
     p.add_argument("--version", action="version", version=f"kernels-eval {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("eval", help="evaluate one candidate (a ModelNew module, or a raw model response)")
+    e.add_argument("problem")
+    e.add_argument("candidate")
+    e.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    e.add_argument("--timeout", type=float, default=180.0, help="run timeout in seconds")
+    e.add_argument("--compile-timeout", type=float, default=600.0)
+    e.add_argument("--trials", type=int, default=5)
+    e.add_argument("--no-timing", action="store_true")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+
+    r = sub.add_parser("report", help="metrics over a results JSONL")
+    r.add_argument("results")
+    r.add_argument("--count-flagged", action="store_true", help="count flagged (suspected cheat) results as correct")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_cmd_report)
+
+    run = sub.add_parser("run", help="generate with a TTS strategy and evaluate (KernelAct-style)")
+    run.add_argument("--model_name", default=None, help="model dir (local engine) or served model id (--tts_service_url)")
+    run.add_argument("--level", type=int, default=None)
+    run.add_argument("--problems", default=None, help="a directory of KernelBench problems (default: the bundled set)")
+    run.add_argument("--problem", action="append", help="only these problems (repeatable)")
+    run.add_argument("--experiment_name", required=True)
+    run.add_argument("--tts_strategy", default="offline_bon", choices=["offline_bon", "online_bon", "beam_search"])
+    run.add_argument("--tts_num_trajectories", type=int, default=4)
+    run.add_argument("--tts_scorer", default="entropy")
+    run.add_argument("--tts_candidates_per_step", type=int, default=4)
+    run.add_argument("--tts_beam_size", type=int, default=4)
+    run.add_argument("--tts_max_steps", type=int, default=50)
+    run.add_argument("--tts_score_aggregation", default="min")
+    run.add_argument("--num_samples", type=int, default=1)
+    run.add_argument("--temperature", type=float, default=0.6)
+    run.add_argument("--max_tokens", type=int, default=4096)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--thinking", action="store_true")
+    run.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    run.add_argument("--tts_service_url", default=None, help="generate through this OpenAI-compatible service")
+    run.add_argument("--verifier", choices=["uncertainty", "execution"], default="uncertainty")
+    run.add_argument("--out_dir", default="runs")
+    run.add_argument("--batch_size", type=int, default=8)
+    run.add_argument("--timeout", type=float, default=180.0)
+    run.set_defaults(func=_cmd_run)
+
+    pr = sub.add_parser("problems", help="list problems")
+    pr.add_argument("--dir", default=None)
+    pr.add_argument("--level", type=int, default=None)
+    pr.set_defaults(func=_cmd_problems)
+
+    pm = sub.add_parser("prompt", help="print the prompt for a problem")
+    pm.add_argument("problem")
+    pm.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    pm.add_argument("--thinking", action="store_true")
+    pm.set_defaults(func=_cmd_prompt)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    return 0
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"kernels-eval: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

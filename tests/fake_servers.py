@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeServer:
-    def __init__(self, kind: str, reply: str = "hello from the fake", model: str = "fake-model"):
+    def __init__(self, kind: str, reply: str = "hello from the fake", model: str = "fake-model", respond=None):
         self.kind, self.reply, self.model = kind, reply, model
+        self.respond = respond  # body -> full answer text, instead of "<reply>: <last message>"
         self.requests: list[dict] = []
         self.fail_with: int | None = None  # HTTP status to answer chat requests with
         self.drop_mid_stream = False  # close the connection after the first chunk
@@ -48,7 +49,7 @@ class FakeServer:
                 if server.fail_with:
                     return self._json(server.fail_with, {"error": {"message": "injected failure"}})
                 last = body["messages"][-1]["content"]
-                text = f"{server.reply}: {last}"
+                text = server.respond(body) if server.respond else f"{server.reply}: {last}"
                 words = [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
                 if server.kind == "openai" and self.path.endswith("/chat/completions"):
                     if not body.get("stream"):

@@ -1,0 +1,54 @@
+"""KernelEvalResult: the one typed result of evaluating a candidate kernel."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Status(str, Enum):
+    CORRECT = "correct"
+    INCORRECT = "incorrect"
+    COMPILE_ERROR = "compile_error"
+    RUNTIME_ERROR = "runtime_error"
+    TIMEOUT = "timeout"
+    CRASHED = "crashed"  # died without reporting: a signal, os._exit, an out-of-memory kill
+    NO_CODE = "no_code"  # the response had nothing to run (see parse_response's reasons)
+    REJECTED = "rejected"  # refused before running (e.g. no ModelNew)
+
+
+@dataclass
+class KernelEvalResult:
+    problem: str
+    status: Status
+    compiled: bool = False
+    correct: bool = False
+    speedup: float | None = None  # reference runtime / candidate runtime
+    runtime_ms: float | None = None  # candidate, median
+    ref_runtime_ms: float | None = None  # reference, median, same process
+    runtime_spread: float | None = None  # max/min of the candidate's repeat medians
+    flags: list[str] = field(default_factory=list)  # suspicions: no_custom_kernel, timer_tampering, ...
+    message: str = ""
+    max_abs_diff: float | None = None
+    trials: int = 0
+    compile_s: float | None = None
+    cached_build: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)  # device, capability, torch/CUDA, dtype, timing method
+    source_hash: str = ""
+
+    @property
+    def counts_as_correct(self) -> bool:
+        """Correct and not flagged: what metrics count unless asked otherwise."""
+        return self.correct and not self.flags
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "KernelEvalResult":
+        d = dict(d)
+        d["status"] = Status(d["status"])
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})

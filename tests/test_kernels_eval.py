@@ -1,0 +1,216 @@
+"""kernels_eval on CPU: the isolated evaluator with C++ candidates and hostile ones."""
+import math
+import os
+import time
+
+import pytest
+
+from kernels_eval.evaluate import clean_env, evaluate
+from kernels_eval.metrics import fast_p, geomean_speedup, pass_at_k, pass_at_k_by_problem, summary
+from kernels_eval.parsing import parse_response
+from kernels_eval.problems import BUNDLED, load_problem, load_problems, reference_solution
+from kernels_eval.prompts import build_messages
+from kernels_eval.result import KernelEvalResult, Status
+
+RELU = load_problems(names=["relu"])[0]
+FAST = dict(device="cpu", trials=2, iters=3, rounds=2, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    # KK_KERNEL_CACHE lets a GPU run share builds with benchmarks/gpu_eval.py
+    return os.environ.get("KK_KERNEL_CACHE") or tmp_path_factory.mktemp("kernel-cache")
+
+
+def ev(source, problem=RELU, cache_dir=None, **kw):
+    return evaluate(problem, source, cache_dir=cache_dir, **{**FAST, **kw})
+
+
+def py_candidate(forward: str, header: str = "") -> str:
+    return (f"import torch\nimport torch.nn as nn\n{header}\n\nclass ModelNew(nn.Module):\n"
+            f"    def __init__(self):\n        super().__init__()\n\n    def forward(self, x):\n{forward}\n")
+
+
+# -- problems, prompts, parsing ----------------------------------------------------
+
+def test_bundled_problems_load_and_run_at_cpu_size():
+    import importlib.util
+
+    import torch
+
+    problems = load_problems()
+    assert len(problems) >= 12 and all(p.level == 1 for p in problems)
+    for p in problems:
+        spec = importlib.util.spec_from_file_location(f"prob_{p.name}", p.path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        for k, v in mod.cpu_sizes.items():
+            setattr(mod, k, v)
+        torch.manual_seed(0)
+        out = mod.Model(*mod.get_init_inputs())(*mod.get_inputs())
+        assert torch.isfinite(out).all(), p.name
+
+
+def test_problem_loader_errors(tmp_path):
+    (tmp_path / "bad.py").write_text("import torch\nclass Model: pass\n")
+    with pytest.raises(ValueError, match="missing get_inputs, get_init_inputs"):
+        load_problem(tmp_path / "bad.py")
+    with pytest.raises(ValueError, match="unknown problem"):
+        load_problems(names=["no_such_problem"])
+    with pytest.raises(ValueError, match="does not exist"):
+        load_problems(tmp_path / "nope")
+
+
+def test_prompt_has_example_problem_and_instruction():
+    msgs = build_messages(RELU, "cuda", thinking=False)
+    assert msgs[0]["role"] == "system" and msgs[1]["role"] == "user"
+    text = msgs[1]["content"]
+    assert "cuda_sources" in text and RELU.source.strip() in text and "ModelNew" in text and "code only" in text
+    assert "cpp_sources" in build_messages(RELU, "cpu", thinking=True)[1]["content"]
+    assert "Reason about" in build_messages(RELU, "cpu", thinking=True)[1]["content"]
+
+
+@pytest.mark.parametrize("text, status", [
+    ("", "no_code"),
+    ("I would use shared memory.", "no_code"),
+    ("```python\nclass ModelNew(nn.Module:\n    pass\n```", "syntax_error"),
+    ("```python\nclass Model(nn.Module):\n    pass\n```", "no_modelnew"),
+    ("```python\nclass ModelNew: pass\n```\ntext\n```python\nclass ModelNew:\n    x = 2\n```", "ok"),
+    ("<think>```python\nclass ModelNew: pass\n```</think>No code after thinking.", "no_code"),
+])
+def test_parse_response(text, status):
+    parsed = parse_response(text)
+    assert parsed.status == status
+    if status == "ok":
+        assert "x = 2" in parsed.code  # the last block defining ModelNew
+
+
+# -- the evaluator on real C++ candidates ------------------------------------------
+
+def test_reference_cpp_solution_passes_and_the_cache_skips_the_build(cache):
+    src = reference_solution(RELU, "cpu")
+    t = time.perf_counter()
+    first = ev(src, cache_dir=cache)
+    first_s = time.perf_counter() - t
+    assert first.status is Status.CORRECT and first.compiled and first.correct and not first.flags, first.message
+    assert first.speedup > 0 and first.runtime_ms > 0 and first.ref_runtime_ms > 0 and first.runtime_spread >= 1
+    assert first.provenance["timing"] == "perf_counter_ns" and first.provenance["weights"] in ("copied", "same_seed")
+    assert not first.cached_build
+    t = time.perf_counter()
+    again = ev(src, cache_dir=cache)
+    again_s = time.perf_counter() - t
+    assert again.correct and again.cached_build and again.source_hash == first.source_hash
+    assert first_s / again_s >= 10, f"first {first_s:.1f}s, cached {again_s:.1f}s"
+
+
+@pytest.mark.parametrize("name", ["vector_add", "row_sum"])
+def test_other_reference_cpp_solutions(name, cache):
+    problem = load_problems(names=[name])[0]
+    r = ev(reference_solution(problem, "cpu"), problem=problem, cache_dir=cache)
+    assert r.status is Status.CORRECT and not r.flags, r.message
+
+
+def test_wrong_cpp_kernel_is_incorrect(cache):
+    wrong = reference_solution(RELU, "cpu").replace("in[i] > 0.f ? in[i] : 0.f", "in[i] > 0.f ? in[i] : 0.01f")
+    r = ev(wrong.replace("kk_relu_cpp", "kk_relu_wrong"), cache_dir=cache)
+    assert r.status is Status.INCORRECT and r.compiled and not r.correct and "max abs diff" in r.message
+
+
+def test_compile_error_is_reported(cache):
+    broken = reference_solution(RELU, "cpu").replace("auto y = torch::empty_like(x);", "auto y = torch::empty_like(x)")
+    r = ev(broken.replace("kk_relu_cpp", "kk_relu_broken"), cache_dir=cache)
+    assert r.status is Status.COMPILE_ERROR and not r.compiled and "error" in r.message.lower()
+
+
+# -- hostile candidates --------------------------------------------------------------
+
+@pytest.mark.parametrize("forward, header, status, text", [
+    ("        import ctypes\n        ctypes.string_at(0)\n        return x", "", Status.CRASHED, "SIGSEGV"),
+    ("        import os\n        os._exit(0)", "", Status.CRASHED, "without reporting"),
+    ("        import os\n        os.abort()", "", Status.CRASHED, "SIGABRT"),
+    ("        raise RuntimeError('boom')", "", Status.RUNTIME_ERROR, "boom"),
+    ("        hog = bytearray(8 << 30)\n        return x", "", Status.RUNTIME_ERROR, "MemoryError"),
+    ("        return x * 1.0", "", Status.INCORRECT, "max abs diff"),
+    ("        return torch.zeros_like(x)", "", Status.INCORRECT, ""),
+    ("        return x.relu_()", "", Status.INCORRECT, "aliases an input"),
+    ("        return torch.relu(x).double()", "", Status.INCORRECT, "dtype"),
+    ("        return torch.relu(x)[:1]", "", Status.INCORRECT, "shape"),
+])
+def test_hostile_candidates_become_statuses(forward, header, status, text, cache):
+    r = ev(py_candidate(forward, header), cache_dir=cache, memory_limit_gb=4)
+    assert r.status is status, r.message
+    assert text in r.message and not r.correct
+
+
+def test_replayed_answer_fails_on_fresh_inputs(cache):
+    src = py_candidate("        if not hasattr(self, 'memo'):\n            self.memo = torch.relu(x)\n        return self.memo.clone()")
+    r = ev(src, cache_dir=cache)
+    assert r.status is Status.INCORRECT and "trial 1" in r.message
+
+
+def test_hangs_time_out(cache):
+    t = time.perf_counter()
+    r = ev(py_candidate("        while True:\n            pass"), cache_dir=cache, run_timeout=3)
+    assert r.status is Status.TIMEOUT and "run timed out" in r.message and time.perf_counter() - t < 60
+    r = ev(py_candidate("        return x", header="while True:\n    pass"), cache_dir=cache, compile_timeout=3)
+    assert r.status is Status.TIMEOUT and "compile timed out" in r.message
+
+
+def test_cheats_are_flagged_and_not_counted(cache):
+    pure = ev(py_candidate("        return torch.relu(x)"), cache_dir=cache)
+    assert pure.correct and "no_custom_kernel" in pure.flags and not pure.counts_as_correct
+    sub = ("import torch\nimport torch.nn as nn\nimport sys\nRef = sys.modules['kk_reference'].Model\n"
+           "class ModelNew(Ref):\n    pass\n")
+    assert "no_custom_kernel" in ev(sub, cache_dir=cache).flags
+    tamper = py_candidate("        return torch.relu(x)", header="import time\ntime.perf_counter_ns = lambda: 0")
+    r = ev(tamper, cache_dir=cache)
+    assert "timer_tampering" in r.flags and r.runtime_ms > 0  # timed with the clock captured before import
+    threads = py_candidate("        return torch.relu(x)", header="import threading, time\nthreading.Thread(target=time.sleep, args=(30,), daemon=True).start()")
+    assert "extra_threads" in ev(threads, cache_dir=cache).flags
+    implausible = ev(py_candidate("        return torch.relu(x)"), cache_dir=cache, implausible_speedup=0.001)
+    assert "implausible_speedup" in implausible.flags
+
+
+def test_candidate_sees_no_secrets(monkeypatch, cache):
+    monkeypatch.setenv("GROQ_API_KEY", "gsk_secret")
+    monkeypatch.setenv("KAGGLE_KEY", "kag_secret")
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok_secret")
+    src = py_candidate("        import os\n        raise RuntimeError('ENV=' + repr(dict(os.environ)))")
+    r = ev(src, cache_dir=cache)
+    assert r.status is Status.RUNTIME_ERROR and "ENV=" in r.message
+    assert not any(v in r.message for v in ("gsk_secret", "kag_secret", "tok_secret", "GROQ_API_KEY", "KAGGLE_KEY"))
+    assert "HOME" in r.message  # the environment itself is there, minus credentials
+    assert clean_env({"PATH": "/bin", "HF_TOKEN": "x", "OPENAI_API_KEY": "y"}) == {"PATH": "/bin"}
+
+
+def test_missing_modelnew_is_rejected(cache):
+    assert ev("import torch\nx = 1\n", cache_dir=cache).status is Status.REJECTED
+    assert ev("   ", cache_dir=cache).status is Status.NO_CODE
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_reference_solutions(cache):
+    for name in ("relu", "vector_add", "softmax"):
+        problem = load_problems(names=[name])[0]
+        r = evaluate(problem, reference_solution(problem, "cuda"), "cuda", cache_dir=cache)
+        assert r.status is Status.CORRECT and not r.flags, r.message
+        assert r.provenance["timing"] == "cuda_events+l2_flush"
+
+
+# -- metrics --------------------------------------------------------------------------
+
+def R(problem, status=Status.CORRECT, speedup=None, flags=()):
+    return KernelEvalResult(problem, status, compiled=status is not Status.COMPILE_ERROR,
+                            correct=status is Status.CORRECT, speedup=speedup, flags=list(flags))
+
+
+def test_metrics():
+    rs = [R("a", speedup=2.5), R("a", speedup=0.9), R("b", Status.INCORRECT), R("b", speedup=1.2, flags=["no_custom_kernel"]),
+          R("c", Status.COMPILE_ERROR)]
+    assert fast_p(rs, 0) == (2, 5) and fast_p(rs, 1.0) == (1, 5) and fast_p(rs, 0, count_flagged=True) == (3, 5)
+    assert geomean_speedup(rs) == pytest.approx(math.sqrt(2.5 * 0.9))
+    assert pass_at_k(5, 0, 1) == 0 and pass_at_k(5, 5, 2) == 1 and pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert pass_at_k_by_problem(rs, 1) == pytest.approx((1.0 + 0.0 + 0.0) / 3)
+    s = summary(rs)
+    assert s["fast_1"] == {"rate": 0.2, "num": 1, "den": 5}
+    assert s["taxonomy"] == {"compile_error": 1, "correct": 3, "flag:no_custom_kernel": 1, "incorrect": 1}
