@@ -26,7 +26,8 @@ def _cmd_eval(args) -> int:
                                       message=f"{parsed.status}: {parsed.message}")
     if source is not None:
         result = evaluate(problem, source, args.device, trials=args.trials, timing=not args.no_timing,
-                          run_timeout=args.timeout, compile_timeout=args.compile_timeout)
+                          run_timeout=args.timeout, compile_timeout=args.compile_timeout,
+                          compare_compile=args.compare_compile)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--compile-timeout", type=float, default=600.0)
     e.add_argument("--trials", type=int, default=5)
     e.add_argument("--no-timing", action="store_true")
+    e.add_argument("--compare-compile", action="store_true", help="also report the speedup over torch.compile(Model)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_eval)
 

@@ -282,6 +282,16 @@ def _evaluate(spec: dict, send) -> dict:
         result.update(ref_runtime_ms=ref_ms, runtime_ms=new_ms, runtime_spread=spread,
                       speedup=ref_ms / new_ms if new_ms > 0 else None)
         provenance.update(iters=spec["iters"], rounds=spec["rounds"], ref_spread=ref_spread)
+        if spec.get("compare_compile"):  # the stronger baseline: the reference through torch.compile
+            compiled = torch.compile(ref)
+
+            def run_compiled():
+                with torch.no_grad():
+                    compiled(*ref_in)
+
+            comp_ms, new_ms2, _, _ = _time_pair(run_compiled, run_new, device, spec["warmup"], spec["iters"],
+                                                spec["rounds"], spec["flush_bytes"], clocks)
+            result.update(compiled_ref_runtime_ms=comp_ms, speedup_vs_compile=comp_ms / new_ms2 if new_ms2 > 0 else None)
         if result["speedup"] and result["speedup"] > spec["implausible_speedup"]:
             flags.append("implausible_speedup")
     tampered = [k for k, v in clocks.items() if _current(k) is not v]

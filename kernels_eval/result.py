@@ -27,6 +27,8 @@ class KernelEvalResult:
     runtime_ms: float | None = None  # candidate, median
     ref_runtime_ms: float | None = None  # reference, median, same process
     runtime_spread: float | None = None  # max/min of the candidate's repeat medians
+    compiled_ref_runtime_ms: float | None = None  # the reference through torch.compile (compare_compile=True)
+    speedup_vs_compile: float | None = None
     flags: list[str] = field(default_factory=list)  # suspicions: no_custom_kernel, timer_tampering, ...
     message: str = ""
     max_abs_diff: float | None = None

@@ -100,7 +100,11 @@ def test_reference_cpp_solution_passes_and_the_cache_skips_the_build(cache):
     again = ev(src, cache_dir=cache)
     again_s = time.perf_counter() - t
     assert again.correct and again.cached_build and again.source_hash == first.source_hash
-    assert first_s / again_s >= 10, f"first {first_s:.1f}s, cached {again_s:.1f}s"
+    # The build is what the cache skips: the candidate's import (which builds) gets >= 10x faster.
+    # The whole re-evaluation also pays a fresh interpreter + torch import: ~19x here, ~7x on a
+    # 16-core host that compiles fast, so that ratio is held to a looser bound.
+    assert first.compile_s / again.compile_s >= 10, (first.compile_s, again.compile_s)
+    assert first_s / again_s >= 5, f"first {first_s:.1f}s, cached {again_s:.1f}s"
 
 
 @pytest.mark.parametrize("name", ["vector_add", "row_sum"])
@@ -175,12 +179,18 @@ def test_candidate_sees_no_secrets(monkeypatch, cache):
     monkeypatch.setenv("GROQ_API_KEY", "gsk_secret")
     monkeypatch.setenv("KAGGLE_KEY", "kag_secret")
     monkeypatch.setenv("MY_SERVICE_TOKEN", "tok_secret")
-    src = py_candidate("        import os\n        raise RuntimeError('ENV=' + repr(dict(os.environ)))")
+    src = py_candidate("        import os\n        leaked = sorted(k for k, v in os.environ.items() if v in ('gsk_secret', 'kag_secret', 'tok_secret') or k in "
+                       "('GROQ_API_KEY', 'KAGGLE_KEY', 'MY_SERVICE_TOKEN'))\n"
+                       "        raise RuntimeError(f'LEAKED={leaked} HOME={os.environ.get(\"HOME\")}')")
     r = ev(src, cache_dir=cache)
-    assert r.status is Status.RUNTIME_ERROR and "ENV=" in r.message
-    assert not any(v in r.message for v in ("gsk_secret", "kag_secret", "tok_secret", "GROQ_API_KEY", "KAGGLE_KEY"))
-    assert "HOME" in r.message  # the environment itself is there, minus credentials
+    assert r.status is Status.RUNTIME_ERROR and "LEAKED=[] HOME=" in r.message, r.message
+    assert "scratch" in r.message  # HOME is the candidate's scratch directory
     assert clean_env({"PATH": "/bin", "HF_TOKEN": "x", "OPENAI_API_KEY": "y"}) == {"PATH": "/bin"}
+
+
+def test_speedup_over_torch_compile(cache):
+    r = ev(py_candidate("        return torch.relu(x)"), cache_dir=cache, compare_compile=True, run_timeout=600)
+    assert r.correct and r.compiled_ref_runtime_ms > 0 and r.speedup_vs_compile > 0
 
 
 def test_missing_modelnew_is_rejected(cache):
