@@ -99,3 +99,15 @@ class SimpleLLMClient:
 
     def generate_stream(self, messages, **options) -> Iterator[str]:
         yield from self.stream(messages, **options)
+
+    # -- hierarchical subchat (the seed's calls) -----------------------------------
+    def generate_response(self, node, prompt: str, **options):
+        """One turn in a subchat node: context from its ancestors, reply persisted; returns the stored reply."""
+        from kaggle_kit.subchat.chat import generate_response
+
+        return generate_response(self, node, prompt, **options)
+
+    def generate_response_stream(self, node, prompt: str, **options) -> Iterator[str]:
+        from kaggle_kit.subchat.chat import generate_response_stream
+
+        yield from generate_response_stream(self, node, prompt, **options)

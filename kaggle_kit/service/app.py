@@ -66,8 +66,12 @@ class ServiceState:
 
 def create_app(engine_provider: Callable | None = None, api_key: str | None = None,
                served_model_name: str | None = None, clamp_max_tokens: bool = False,
-               max_active: int = 32, max_queued: int = 64) -> FastAPI:
-    """The app; the engine comes from `engine_provider()` (default: the registered model)."""
+               max_active: int = 32, max_queued: int = 64, subchat_store=None, subchat_client=None) -> FastAPI:
+    """The app; the engine comes from `engine_provider()` (default: the registered model).
+
+    /api serves the subchat from `subchat_store` (a path or a store; default
+    `kk.subchat.open_store()`) with `subchat_client` (default: the backend chain).
+    """
     state = ServiceState(engine_provider or _registered_engine, api_key if api_key is not None else os.environ.get("KK_API_KEY") or None,
                          served_model_name, clamp_max_tokens, max_active, max_queued)
     app = FastAPI(title="kaggle_kit TTS service", version="1")
@@ -78,6 +82,26 @@ def create_app(engine_provider: Callable | None = None, api_key: str | None = No
     def auth(request: Request) -> None:
         if state.api_key and request.headers.get("authorization") != f"Bearer {state.api_key}":
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    lazy: dict = {}
+
+    def store():
+        if "store" not in lazy:
+            from kaggle_kit.subchat.store import SubchatStore, open_store
+
+            lazy["store"] = subchat_store if isinstance(subchat_store, SubchatStore) else open_store(subchat_store)
+        return lazy["store"]
+
+    def chat_client():
+        if "client" not in lazy:
+            from kaggle_kit.chat.client import SimpleLLMClient
+
+            lazy["client"] = subchat_client or SimpleLLMClient()
+        return lazy["client"]
+
+    from kaggle_kit.service.subchat_api import router
+
+    app.include_router(router(store, chat_client, auth))
 
     @app.get("/health")
     def health():
