@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup clean-venv
+.PHONY: demo test setup golden clean-venv
 
 $(VENV)/.installed: pyproject.toml scripts/setup_venv.sh
 	bash scripts/setup_venv.sh
@@ -14,6 +14,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# Rewrite the nbval golden notebooks (tests/golden) after changing a notebook.
+golden: $(VENV)/.installed
+	$(PY) -m kaggle_kit golden
 
 clean-venv:
 	rm -rf $(VENV)

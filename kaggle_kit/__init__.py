@@ -29,7 +29,7 @@ _EXPORTS = {
     "serve": "kaggle_kit.service.server",
     "create_app": "kaggle_kit.service.app",
 }
-_SUBMODULES = ("tts", "engine", "chat", "subchat", "service", "plots")
+_SUBMODULES = ("tts", "engine", "chat", "subchat", "service", "plots", "pipeline", "notebook", "runs", "kaggle")
 
 __all__ = sorted(_EXPORTS)
 

@@ -80,6 +80,74 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _params(pairs) -> dict:
+    """-p name value pairs; values are read as Python literals when they parse, else kept as strings."""
+    import ast
+
+    out = {}
+    for name, value in pairs or []:
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[name] = value
+    return out
+
+
+def _cmd_run_notebooks(args) -> int:
+    from kaggle_kit.runs import run_notebooks
+
+    executed = run_notebooks(_params(args.p), args.out)
+    print(f"executed notebook: {executed}\nresults and figures: {executed.parent}")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from kaggle_kit.runs import sweep
+
+    report = sweep(args.spec, args.out)
+    print(f"{report['points'] - len(report['failed'])}/{report['points']} points ran; results: {report['results_csv']}")
+    for f in report["failed"]:
+        print(f"  failed point {f['point']}: {f['error']}", file=sys.stderr)
+    return 0 if not report["failed"] else 1
+
+
+def _cmd_bundle(args) -> int:
+    from kaggle_kit.runs import build_bundle, inject
+
+    bundle = build_bundle()
+    if args.p:
+        out = inject(bundle, _params(args.p), args.out or bundle.with_name("kaggle_kit_bundle_prepared.ipynb"))
+        print(out)
+    else:
+        print(bundle)
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from kaggle_kit import kaggle
+
+    if args.dry_run:
+        print(kaggle.prepare_push(args.out, _params(args.p)))
+        return 0
+    print(kaggle.push(_params(args.p), args.out))
+    return 0
+
+
+def _cmd_fetch(args) -> int:
+    from kaggle_kit import kaggle
+
+    print(kaggle.fetch(args.kernel, args.out))
+    return 0
+
+
+def _cmd_golden(args) -> int:
+    from kaggle_kit.golden import regenerate
+
+    for path in regenerate():
+        print(path)
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from kaggle_kit.demo import run_demo
 
@@ -123,6 +191,35 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-concurrent", type=int, default=32)
     sv.set_defaults(func=_cmd_serve)
 
+    rn = sub.add_parser("run-notebooks", help="execute the ordered notebooks with papermill (one kernel, one model load)")
+    rn.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a notebook parameter (repeatable)")
+    rn.add_argument("--out", default="runs/latest", help="the run folder: executed notebook, tables, figures")
+    rn.set_defaults(func=_cmd_run_notebooks)
+
+    sw = sub.add_parser("sweep", help="run a parameter grid (YAML: base, grid, out_dir), one point at a time")
+    sw.add_argument("spec")
+    sw.add_argument("--out", default=None)
+    sw.set_defaults(func=_cmd_sweep)
+
+    bu = sub.add_parser("bundle", help="build the single notebook Kaggle runs from the ordered stages")
+    bu.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="inject a parameter (papermill prepare-only)")
+    bu.add_argument("--out", default=None)
+    bu.set_defaults(func=_cmd_bundle)
+
+    pu = sub.add_parser("push", help="validate kernel-metadata.json, bundle, and `kaggle kernels push`")
+    pu.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    pu.add_argument("--out", default="build/kaggle", help="the folder that is pushed")
+    pu.add_argument("--dry-run", action="store_true", help="prepare and validate the folder, do not push")
+    pu.set_defaults(func=_cmd_push)
+
+    fe = sub.add_parser("fetch", help="download a finished kernel's output (`kaggle kernels output`)")
+    fe.add_argument("kernel", nargs="?", default=None, help="owner/slug (default: kernel-metadata.json's id)")
+    fe.add_argument("--out", default="runs/kaggle")
+    fe.set_defaults(func=_cmd_fetch)
+
+    go = sub.add_parser("golden", help="regenerate the nbval golden notebooks (tests/golden) on the tiny model")
+    go.set_defaults(func=_cmd_golden)
+
     d = sub.add_parser("demo", help="build the tiny model and run it through the real vLLM engine")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--model-dir", default=".cache/tiny-model")
@@ -141,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, ValueError, TypeError) as e:
+    except (ConfigError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         print(f"kaggle-kit: error: {e}", file=sys.stderr)
         return 2
 

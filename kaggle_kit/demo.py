@@ -81,7 +81,22 @@ def run_demo(out_dir: str | Path = "runs/demo", model_dir: str | Path = ".cache/
     print(f"\n--- SimpleLLMClient answered via {client.backend!r} ---\n{answer}\n")
 
     summary["model_dir"] = str(model_dir)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "chain"}, indent=2))
-    print(f"\nwrote {out / 'summary.json'}")
+
+    # The product as users run it: the ordered notebooks, one papermill kernel, on the tiny model.
+    from kaggle_kit.runs import run_notebooks
+
+    print("\n--- running notebooks/01..04 with papermill (tiny model, CPU, real vLLM) ---", flush=True)
+    t = time.perf_counter()
+    executed = run_notebooks({"tiny": True, "tiny_dir": str(model_dir)}, out / "notebooks", progress_bar=False)
+    summary["notebooks_s"] = round(time.perf_counter() - t, 1)
+    run_dir = executed.parent
+    summary["notebooks"] = {"executed": str(executed), "tables": sorted(p.name for p in run_dir.glob("*.csv")),
+                            "figures": sorted(str(p) for p in (run_dir / "figures").glob("*.png"))}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"notebooks ran in {summary['notebooks_s']} s")
+    print(f"executed notebook: {executed}")
+    print(f"results tables:    {run_dir}/results.csv, candidates.csv, steps.csv, summary.json")
+    print("figures:           " + "\n                   ".join(summary["notebooks"]["figures"]))
+    print(f"summary:           {out / 'summary.json'}")
     return summary

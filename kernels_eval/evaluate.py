@@ -62,12 +62,13 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
              timing: bool = True, warmup: int = 3, iters: int = 10, rounds: int = 5,
              compile_timeout: float = 600.0, run_timeout: float = 180.0, memory_limit_gb: float | None = 16.0,
              tolerances: dict | None = None, implausible_speedup: float = 20.0, cache_dir: str | Path | None = None,
-             flush_mb: int = 256, compare_compile: bool = False) -> KernelEvalResult:
+             flush_mb: int = 256, compare_compile: bool = False, cpu_threads: int = 1) -> KernelEvalResult:
     """Compile, check and time `candidate_source` (a module defining ModelNew) against `problem`.
 
     memory_limit_gb caps the address space of CPU runs (CUDA needs a huge one,
     so GPU runs rely on the timeouts and CUDA's own out-of-memory errors).
     compare_compile also times the reference through torch.compile (speedup_vs_compile).
+    On CPU both sides run with `cpu_threads` torch threads (1 by default, for stable timings).
     """
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
@@ -85,6 +86,7 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
         "trials": trials, "seed": seed, "timing": timing, "warmup": warmup, "iters": iters, "rounds": rounds,
         "tolerances": {**DEFAULT_TOLERANCES, **(tolerances or {})}, "implausible_speedup": implausible_speedup,
         "flush_bytes": flush_mb << 20, "scratch": str(scratch), "compare_compile": compare_compile,
+        "cpu_threads": cpu_threads,
     }
     env = clean_env(dict(os.environ))
     env.update(TORCH_EXTENSIONS_DIR=str(ext_dir), HOME=str(scratch), TMPDIR=str(scratch),

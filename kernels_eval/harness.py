@@ -167,6 +167,9 @@ def _evaluate(spec: dict, send) -> dict:
         provenance.update(device_name=p.name, capability=f"{p.major}.{p.minor}",
                           arch_list=os.environ.get("TORCH_CUDA_ARCH_LIST", "auto"))
     else:
+        # One thread for reference and candidate alike: a shared CPU's thread pool stalls on
+        # busy cores and would make either side look arbitrarily slow.
+        torch.set_num_threads(int(spec.get("cpu_threads") or 1))
         provenance.update(device_name="cpu", threads=torch.get_num_threads())
 
     ref_mod = _load_module("kk_reference", spec["problem_source"], os.path.join(spec["scratch"], "reference.py"))

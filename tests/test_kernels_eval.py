@@ -92,7 +92,9 @@ def test_reference_cpp_solution_passes_and_the_cache_skips_the_build(cache):
     t = time.perf_counter()
     first = ev(src, cache_dir=cache)
     first_s = time.perf_counter() - t
-    assert first.status is Status.CORRECT and first.compiled and first.correct and not first.flags, first.message
+    assert first.status is Status.CORRECT and first.compiled and first.correct, first.message
+    assert "no_custom_kernel" not in first.flags  # the extension was found and called (timing flags depend on the machine)
+    assert first.provenance["threads"] == 1
     assert first.speedup > 0 and first.runtime_ms > 0 and first.ref_runtime_ms > 0 and first.runtime_spread >= 1
     assert first.provenance["timing"] == "perf_counter_ns" and first.provenance["weights"] in ("copied", "same_seed")
     assert not first.cached_build
@@ -111,7 +113,7 @@ def test_reference_cpp_solution_passes_and_the_cache_skips_the_build(cache):
 def test_other_reference_cpp_solutions(name, cache):
     problem = load_problems(names=[name])[0]
     r = ev(reference_solution(problem, "cpu"), problem=problem, cache_dir=cache)
-    assert r.status is Status.CORRECT and not r.flags, r.message
+    assert r.status is Status.CORRECT and "no_custom_kernel" not in r.flags, r.message
 
 
 def test_wrong_cpp_kernel_is_incorrect(cache):

@@ -1,0 +1,45 @@
+"""Small helpers the notebooks call, so their cells stay one-liners."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def setup_model(model_path: str | None = None, tiny: bool = False, tiny_dir: str = ".cache/tiny-model",
+                max_model_len: int | None = None) -> dict:
+    """Build the tiny model if asked, then load and register the model once (later stages reuse it)."""
+    import os
+
+    import kaggle_kit as kk
+
+    # In a notebook, stdout is the answer; vLLM's logs go to stderr (shown apart, skipped by nbval).
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    if tiny:
+        if not (Path(tiny_dir) / "config.json").exists():
+            kk.build_tiny_model(tiny_dir)
+        model_path = tiny_dir
+    overrides = {"max_model_len": max_model_len} if max_model_len else {}
+    t = time.perf_counter()
+    already = kk.VLLMClient.is_ready()
+    kk.ensure_model(model_path, **overrides)
+    engine = kk.VLLMClient.get_engine()
+    return {"model": Path(engine.model_name).name, "max_model_len": engine.max_model_len,
+            "reused_loaded_engine": already, "load_s": round(time.perf_counter() - t, 1)}
+
+
+def problem_list(problems: str | list[str] | None) -> list[str] | None:
+    """'relu,softmax' (papermill-friendly) or a list -> names; '' / 'all' / None -> every problem."""
+    if problems in (None, "", "all"):
+        return None
+    return [p.strip() for p in problems.split(",")] if isinstance(problems, str) else list(problems)

@@ -1,0 +1,196 @@
+"""Papermill runs and sweeps, bundling, plots, Kaggle metadata and push (up to the network call)."""
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from kaggle_kit import kaggle, plots, runs
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_every_stage_has_a_parameters_cell_and_shared_defaults_agree():
+    merged = runs.merged_parameters()
+    for name in ("model_path", "tiny", "strategy", "scorer", "num_trajectories", "candidates_per_step", "beam_size",
+                 "max_steps", "score_aggregation", "temperature", "seed", "problems", "out_dir", "backend"):
+        assert name in merged, name
+    for stage in runs.stage_paths():
+        assert runs.parameter_defaults(stage)
+
+
+def test_misspelt_parameters_are_refused():
+    with pytest.raises(ValueError, match="unknown notebook parameter.*'stratgy'.*did you mean 'strategy'"):
+        runs.check_parameters({"stratgy": "beam_search"}, runs.merged_parameters())
+    with pytest.raises(ValueError, match="unknown notebook parameter"):
+        runs.sweep({"grid": {"scorr": ["entropy"]}}, out_dir="/nonexistent")  # refused before anything runs
+
+
+def test_committed_bundle_is_up_to_date(tmp_path):
+    fresh = runs.build_bundle(out_path=tmp_path / "b.ipynb")
+    assert fresh.read_text() == runs.BUNDLE.read_text(), "run `kaggle-kit bundle` and commit notebooks/kaggle_kit_bundle.ipynb"
+    nb = nbformat.read(str(fresh), as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and "strategy = 'online_bon'" in tagged[0].source
+
+
+def test_prepare_only_injects_parameters(tmp_path):
+    out = runs.inject(runs.build_bundle(out_path=tmp_path / "b.ipynb"), {"strategy": "beam_search", "tiny": True}, tmp_path / "p.ipynb")
+    nb = nbformat.read(str(out), as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "strategy = \"beam_search\"" in injected[0].source
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # not executed
+
+
+def _tables(n=3):
+    rng = np.random.default_rng(0)
+    results = pd.DataFrame({"problem": [f"p{i}" for i in range(n)], "strategy": ["beam_search"] * n,
+                            "usage_generated_tokens": [100, 200, 300][:n], "eval_correct": [True, False, True][:n],
+                            "eval_speedup": [1.5, None, 0.8][:n]})
+    candidates = pd.DataFrame({"problem": ["p0"] * 6, "chosen": [True] + [False] * 5,
+                               "aggregated_score": rng.uniform(size=6), "correct": [True, False, True, False, False, True]})
+    steps = pd.DataFrame({"problem": ["p0"] * 5, "strategy": ["beam_search"] * 5, "scorer": ["entropy"] * 5,
+                          "id": [0, 1, 2, 3, 4], "parent": [None, None, 0, 1, 2], "depth": [0, 0, 1, 1, 2],
+                          "score": [0.5, 0.6, 0.7, 0.4, 0.9], "selected": [True, False, True, False, True]})
+    return results, candidates, steps
+
+
+def test_plots_are_written_and_labelled(tmp_path):
+    results, candidates, steps = _tables()
+    paths = plots.save_all(results, candidates, steps, tmp_path)
+    assert [p.name for p in paths] == ["step_score_traces.png", "chosen_vs_rejected.png", "cost_benefit.png",
+                                       "uncertainty_vs_correctness.png"]
+    assert all(p.stat().st_size > 5000 for p in paths)
+    fig = plots.uncertainty_vs_correctness(candidates)
+    ax = fig.axes[0]
+    assert "AUROC" in ax.get_title() and ax.get_ylabel()
+    assert plots.auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert plots.auroc([0.1, 0.9], [True, False]) == 0.0
+    assert np.isnan(plots.auroc([0.1, 0.2], [False, False]))
+
+
+VALID = {"id": "someone/kaggle-kit-tts", "title": "kaggle_kit TTS", "code_file": "nb.ipynb", "language": "python",
+         "kernel_type": "notebook", "is_private": True, "enable_gpu": True, "enable_tpu": False, "enable_internet": False,
+         "machine_shape": "NvidiaTeslaT4", "dataset_sources": ["someone/wheels"], "model_sources": ["qwen-lm/qwen-3/transformers/14b-awq/1"]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"id": "someone/abc"}, "at least 5 characters"),
+    ({"id": "no-slash"}, "owner/slug"),
+    ({"id": "someone/Has_Caps"}, "lowercase"),
+    ({"title": "abc"}, "title"),
+    ({"code_file": "missing.ipynb"}, "does not exist"),
+    ({"enable_gpu": "true"}, "JSON boolean"),
+    ({"enable_internet": None}, "enable_internet"),
+    ({"model_sources": ["qwen-lm/qwen-3/14b-awq"]}, "5 parts"),
+    ({"model_sources": ["qwen-lm/qwen-3/transformers/14b-awq/latest"]}, "version number"),
+    ({"kernel_type": "script"}, "kernel_type"),
+    ({"machine_shape": "NvidiaTeslaK80"}, "machine_shape"),
+])
+def test_metadata_rules(tmp_path, change, message):
+    (tmp_path / "nb.ipynb").write_text("{}")
+    meta = {**VALID, **change}
+    if change.get("enable_internet", 1) is None:
+        meta.pop("enable_internet")
+    assert kaggle.validate_metadata(VALID, tmp_path) == []
+    errors = kaggle.validate_metadata(meta, tmp_path)
+    assert any(message in e for e in errors), errors
+
+
+def test_repo_metadata_is_valid_for_two_t4s():
+    meta = kaggle.load_metadata()
+    assert kaggle.validate_metadata(meta) == []
+    assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["enable_gpu"] is True and meta["enable_internet"] is False
+    assert meta["model_sources"] == ["qwen-lm/qwen-3/transformers/14b-awq/1"] and meta["dataset_sources"]
+
+
+def test_push_runs_the_kaggle_cli_and_never_leaks_credentials(tmp_path, monkeypatch):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    log = tmp_path / "kaggle_args.json"
+    script = fake_bin / "kaggle"
+    script.write_text(f"#!{sys.executable}\nimport json, os, sys\njson.dump(sys.argv[1:], open({str(log)!r}, 'w'))\n"
+                      "print('Kernel version 1 successfully pushed. key=' + os.environ.get('KAGGLE_KEY', ''))\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("KAGGLE_KEY", "kaggle-secret-123")
+    out = kaggle.push({"strategy": "beam_search"}, tmp_path / "push")
+    args = json.loads(log.read_text())
+    assert args[:3] == ["kernels", "push", "-p"] and Path(args[3]) == tmp_path / "push"
+    assert "successfully pushed" in out and "kaggle-secret-123" not in out  # scrubbed
+    meta = json.loads((tmp_path / "push" / "kernel-metadata.json").read_text())
+    pushed = tmp_path / "push" / meta["code_file"]
+    assert pushed.exists() and "beam_search" in pushed.read_text()
+    for f in (tmp_path / "push").iterdir():
+        assert "kaggle-secret-123" not in f.read_text()
+    kaggle.fetch("someone/kaggle-kit-tts", tmp_path / "fetched")
+    assert json.loads(log.read_text())[:3] == ["kernels", "output", "someone/kaggle-kit-tts"]
+
+
+def test_push_refuses_bad_metadata(tmp_path):
+    bad = tmp_path / "kernel-metadata.json"
+    bad.write_text(json.dumps({**VALID, "id": "x/ab", "enable_internet": "no"}))
+    with pytest.raises(ValueError, match="slug.*5 characters.*enable_internet"):
+        kaggle.prepare_push(tmp_path / "out", metadata_path=bad)
+
+
+def test_changing_a_golden_output_fails_nbval(tmp_path):
+    """The regression tests bite: the golden notebook passes as committed, and fails once one
+    compared output is edited."""
+    import shutil
+
+    golden = ROOT / "tests" / "golden" / "04_plot_scores.ipynb"
+    if not golden.exists():
+        pytest.skip("no golden notebooks: run `kaggle-kit golden`")
+    work = tmp_path / "golden"
+    work.mkdir()
+    shutil.copy(ROOT / "tests" / "conftest.py", work / "conftest.py")  # the same stderr handling as `make test`
+    (work / "runs").symlink_to(ROOT / "tests" / "golden" / "runs", target_is_directory=True)  # 02's tables
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
+           "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"), "-o", "addopts=", golden.name]
+    shutil.copy(golden, work / golden.name)
+    same = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=600)
+    assert same.returncode == 0, same.stdout[-3000:]
+    nb = nbformat.read(str(golden), as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "figures:" in c.source)
+    stream = next(o for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+    stream.text = stream.text.replace("cost_benefit.png", "cost_benefit_CHANGED.png")
+    nbformat.write(nb, str(work / golden.name))
+    changed = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=600)
+    assert changed.returncode != 0 and "mismatch 'stdout'" in changed.stdout and "_CHANGED.png" in changed.stdout
+
+
+SMALL = {"tiny": True, "problems": "relu", "max_steps": 2, "tts_max_tokens": 64, "candidates_per_step": 2,
+         "num_trajectories": 2, "beam_size": 2}
+
+
+@pytest.mark.vllm
+def test_run_notebooks_in_one_kernel(tmp_path, tiny_model_dir):
+    executed = runs.run_notebooks({**SMALL, "tiny_dir": tiny_model_dir}, tmp_path / "run",
+                                  stages=["02_tts_kernels.ipynb", "04_plot_scores.ipynb"], progress_bar=False)
+    nb = nbformat.read(str(executed), as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    assert (tmp_path / "run" / "results.csv").exists() and len(list((tmp_path / "run" / "figures").glob("*.png"))) == 4
+    assert pd.read_csv(tmp_path / "run" / "results.csv")["problem"].tolist() == ["01_relu"]
+
+
+@pytest.mark.vllm
+def test_sweep_continues_past_a_failed_point(tmp_path, tiny_model_dir):
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(json.dumps({"base": {**SMALL, "tiny_dir": tiny_model_dir}, "stages": ["02_tts_kernels.ipynb"],
+                                "grid": {"strategy": ["online_bon", "no_such_strategy", "offline_bon"]}}))
+    r = subprocess.run([BIN / "kaggle-kit", "sweep", str(spec), "--out", str(tmp_path / "sw")],
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 1 and "2/3 points ran" in r.stdout  # exit 1: one point failed
+    failed = json.loads((tmp_path / "sw" / "sweep_failed.json").read_text())
+    assert [f["strategy"] for f in failed] == ["no_such_strategy"] and "choose from" in failed[0]["error"]
+    table = pd.read_csv(tmp_path / "sw" / "sweep_results.csv")
+    assert sorted(table["sweep_strategy"]) == ["offline_bon", "online_bon"]
+    assert set(table["strategy"]) == {"offline_bon", "online_bon"}
