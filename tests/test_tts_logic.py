@@ -231,3 +231,11 @@ def test_token_budget_and_batching():
     assert all(len(call) == len({r.prompt_ids for r in call}) for call in eng.calls)
     frame = to_frame(results)
     assert list(frame["strategy"]) == ["beam_search"] * 2 and "usage_engine_calls" in frame
+
+
+def test_a_request_fans_out_into_seeded_single_samples():
+    from kaggle_kit.engine.types import GenerationRequest, SamplingSpec
+
+    specs = GenerationRequest((1, 2), SamplingSpec(n=3, seed=7, temperature=0.5)).samples()
+    assert [(s.n, s.seed, s.temperature) for s in specs] == [(1, 7, 0.5), (1, 8, 0.5), (1, 9, 0.5)]
+    assert [s.seed for s in GenerationRequest((1,), SamplingSpec(n=2)).samples()] == [None, None]

@@ -5,7 +5,7 @@ trajectory can be extended step by step without re-tokenising text.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -54,6 +54,15 @@ class GenerationRequest:
         object.__setattr__(self, "prompt_ids", tuple(int(t) for t in self.prompt_ids))
         if not self.prompt_ids:
             raise ValueError("a generation request needs at least one prompt token")
+
+    def samples(self) -> list[SamplingSpec]:
+        """The request as n single-sample specs with seeds seed, seed+1, ... (None stays None).
+
+        Engines send n samples as n requests; every caller that does so uses this,
+        so the same seeds give the same samples whichever path sends them.
+        """
+        s = self.sampling
+        return [replace(s, n=1, seed=None if s.seed is None else s.seed + k) for k in range(s.n)]
 
 
 @dataclass

@@ -5,7 +5,6 @@ and the notebook can share one engine without interleaving engine steps.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import threading
 from dataclasses import dataclass
@@ -147,10 +146,9 @@ class VLLMEngine:
 
         prompts, params, owner = [], [], []
         for i, r in enumerate(requests):
-            for k in range(r.sampling.n):
-                seed = None if r.sampling.seed is None else r.sampling.seed + k
+            for spec in r.samples():
                 prompts.append(TokensPrompt(prompt_token_ids=list(r.prompt_ids)))
-                params.append(to_sampling_params(dataclasses.replace(r.sampling, n=1, seed=seed)))
+                params.append(to_sampling_params(spec))
                 owner.append(i)
         with self.lock:
             outputs = self.llm.generate(prompts, params, use_tqdm=use_tqdm)

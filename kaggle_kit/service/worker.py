@@ -234,11 +234,10 @@ class EngineWorker:
         job.round += 1
         job.outs = [[None] * r.sampling.n for r in reqs]
         for i, r in enumerate(reqs):
-            for k in range(r.sampling.n):  # same fan-out and seeds as VLLMEngine.generate
-                seed = None if r.sampling.seed is None else r.sampling.seed + k
+            for k, spec in enumerate(r.samples()):  # the fan-out VLLMEngine.generate uses too
                 rid = f"{job.id}-{job.round}-{i}-{k}"
                 job.slots[rid] = (i, k)
-                self._add(job, rid, r.prompt_ids, dataclasses.replace(r.sampling, n=1, seed=seed))
+                self._add(job, rid, r.prompt_ids, spec)
 
     def _stream_fixed(self, job: Job, final_text: str | None = None) -> None:
         """Stream the text no later step can change (and, at the end, the rest of the answer)."""
