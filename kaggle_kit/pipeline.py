@@ -26,25 +26,12 @@ class Experiment:
     out_dir: Path
 
 
-def _evaluate(problem, text: str, device: str, evaluate_kernels: bool, eval_options: dict):
-    from kernels_eval.evaluate import evaluate
-    from kernels_eval.parsing import parse_response
-    from kernels_eval.result import KernelEvalResult, Status
-
-    parsed = parse_response(text)
-    if not parsed.ok:
-        return parsed.status, KernelEvalResult(problem.name, Status.REJECTED if parsed.status == "no_modelnew" else Status.NO_CODE,
-                                               message=parsed.message)
-    if not evaluate_kernels:
-        return parsed.status, None
-    return parsed.status, evaluate(problem, parsed.code, device, **eval_options)
-
-
 def run_tts_kernels(problems: list[str] | None = None, *, strategy: str = "online_bon", scorer: str = "entropy",
                     device: str = "cuda", out_dir: str | Path = "runs/latest", evaluate_kernels: bool = True,
                     evaluate_candidates: bool = True, thinking: bool = False, eval_options: dict | None = None,
                     progress: bool | None = None, **tts_params) -> Experiment:
     import kaggle_kit as kk
+    from kernels_eval.evaluate import evaluate_response
     from kernels_eval.problems import load_problems
     from kernels_eval.prompts import build_messages
 
@@ -57,7 +44,7 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str = "onlin
     rows, cand_rows, step_rows = [], [], []
     opts = {"trials": 3, **(eval_options or {})}
     for p, r in zip(probs, results):
-        parse_status, ev = _evaluate(p, r.text, device, evaluate_kernels, opts)
+        parse_status, ev = evaluate_response(p, r.text, device, run=evaluate_kernels, **opts)
         row = {"problem": p.name, **r.to_row(), "parse_status": parse_status}
         row.pop("text")
         row.update({f"eval_{k}": v for k, v in (ev.to_dict() if ev else {}).items()
@@ -69,7 +56,7 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str = "onlin
             if chosen:
                 status, cev = parse_status, ev
             elif evaluate_candidates:
-                status, cev = _evaluate(p, c.text, device, evaluate_kernels, opts)
+                status, cev = evaluate_response(p, c.text, device, run=evaluate_kernels, **opts)
             else:
                 status, cev = None, None
             cand_rows.append({"problem": p.name, "strategy": strategy, "scorer": scorer, "candidate": i, "chosen": chosen,

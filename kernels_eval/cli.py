@@ -10,24 +10,17 @@ from kernels_eval import __version__
 
 
 def _cmd_eval(args) -> int:
-    from kernels_eval.evaluate import evaluate
-    from kernels_eval.parsing import parse_response
+    from kernels_eval.evaluate import evaluate, evaluate_response
     from kernels_eval.problems import load_problem
-    from kernels_eval.result import KernelEvalResult, Status
 
     problem = load_problem(args.problem)
     text = Path(args.candidate).read_text()
-    source = text
+    options = dict(trials=args.trials, timing=not args.no_timing, run_timeout=args.timeout,
+                   compile_timeout=args.compile_timeout, compare_compile=args.compare_compile)
     if "```" in text or not _is_python(text):  # a raw model response: take its code block
-        parsed = parse_response(text)
-        source = parsed.code
-        if not parsed.ok:
-            result = KernelEvalResult(problem.name, Status.REJECTED if parsed.status == "no_modelnew" else Status.NO_CODE,
-                                      message=f"{parsed.status}: {parsed.message}")
-    if source is not None:
-        result = evaluate(problem, source, args.device, trials=args.trials, timing=not args.no_timing,
-                          run_timeout=args.timeout, compile_timeout=args.compile_timeout,
-                          compare_compile=args.compare_compile)
+        _, result = evaluate_response(problem, text, args.device, **options)
+    else:
+        result = evaluate(problem, text, args.device, **options)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

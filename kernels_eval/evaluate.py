@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from kernels_eval.parsing import ParsedResponse, parse_response
 from kernels_eval.problems import Problem
 from kernels_eval.result import KernelEvalResult, Status
 
@@ -110,6 +111,24 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
     known = KernelEvalResult.__dataclass_fields__
     return KernelEvalResult(problem=problem.name, source_hash=key, cached_build=cached,
                             **{k: v for k, v in raw.items() if k in known and k != "problem"})
+
+
+def unparsed_result(problem: Problem, parsed: ParsedResponse) -> KernelEvalResult:
+    """The result for a response with nothing to run: no_modelnew is rejected, the rest no_code."""
+    status = Status.REJECTED if parsed.status == "no_modelnew" else Status.NO_CODE
+    return KernelEvalResult(problem.name, status, message=f"{parsed.status}: {parsed.message}")
+
+
+def evaluate_response(problem: Problem, text: str, device: str = "cuda", *, run: bool = True,
+                      **options) -> tuple[str, KernelEvalResult | None]:
+    """(parse status, result) for a raw model response: its ModelNew block evaluated, or why there is none.
+
+    With run=False a parsable response is not evaluated (its result is None).
+    """
+    parsed = parse_response(text)
+    if not parsed.ok:
+        return parsed.status, unparsed_result(problem, parsed)
+    return parsed.status, evaluate(problem, parsed.code, device, **options) if run else None
 
 
 def _limits(memory_limit_gb: float | None):

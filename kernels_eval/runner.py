@@ -20,11 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kernels_eval.evaluate import evaluate
-from kernels_eval.parsing import parse_response
+from kernels_eval.evaluate import evaluate_response
 from kernels_eval.problems import Problem, load_problems
 from kernels_eval.prompts import build_messages
-from kernels_eval.result import KernelEvalResult, Status
 
 
 @dataclass
@@ -169,23 +167,11 @@ def _generate_remote(cfg: RunConfig, items: list[tuple[Problem, int]]) -> list[G
 
 # -- evaluation and selection ---------------------------------------------------------
 
-def _no_code(problem: Problem, parsed) -> KernelEvalResult:
-    status = Status.REJECTED if parsed.status == "no_modelnew" else Status.NO_CODE
-    return KernelEvalResult(problem.name, status, message=f"{parsed.status}: {parsed.message}")
-
-
-def _evaluate_text(cfg: RunConfig, problem: Problem, text: str, timing: bool = True) -> tuple[KernelEvalResult, str]:
-    parsed = parse_response(text)
-    if not parsed.ok:
-        return _no_code(problem, parsed), parsed.status
-    return evaluate(problem, parsed.code, cfg.device, timing=timing, **cfg.eval_options), parsed.status
-
-
 def _select_by_execution(cfg: RunConfig, problem: Problem, gen: Generated) -> tuple[int, int, list[str]]:
     """(chosen index, uncertainty's choice, per-candidate correctness status)."""
     statuses, ranks = [], []
     for i, (text, score) in enumerate(gen.candidates):
-        r, _ = _evaluate_text(cfg, problem, text, timing=False)
+        _, r = evaluate_response(problem, text, cfg.device, timing=False, **cfg.eval_options)
         statuses.append(r.status.value)
         ranks.append((r.counts_as_correct, r.compiled, score if score == score and score is not None else float("-inf"), -i))
     by_score = max(range(len(gen.candidates)), key=lambda i: (ranks[i][2], ranks[i][3]))
@@ -215,7 +201,7 @@ def run(cfg: RunConfig, progress: bool | None = None) -> Path:
                 chosen, by_score, statuses = _select_by_execution(cfg, problem, gen)
                 text = gen.candidates[chosen][0]
                 selection.update(chosen=chosen, uncertainty_choice=by_score, candidate_statuses=statuses)
-            result, parse_status = _evaluate_text(cfg, problem, text)
+            parse_status, result = evaluate_response(problem, text, cfg.device, **cfg.eval_options)
             append_record(path, {
                 "experiment": cfg.experiment_name, "model": cfg.model_name, "problem": problem.name,
                 "level": problem.level, "sample": s, "strategy": cfg.tts_strategy, "scorer": cfg.tts_scorer,
