@@ -161,18 +161,9 @@ class OpenAICompatBackend(Backend):
             body["chat_template_kwargs"] = {"enable_thinking": opts.enable_thinking}
         return body
 
-    def _raise_for(self, r: httpx.Response) -> None:
-        if r.status_code >= 400:
-            r.read()
-            raise BackendError(self.name, f"HTTP {r.status_code}: {r.text[:300]}")
-
     def generate(self, messages, **options) -> ChatResult:
         body = self._body(messages, options, stream=False)
-        try:
-            r = httpx.post(f"{self.base_url}/chat/completions", json=body, headers=self._headers(), timeout=self.timeout_s)
-        except httpx.HTTPError as e:
-            raise BackendError(self.name, f"request failed: {e!r}") from e
-        self._raise_for(r)
+        r = _post(self.name, f"{self.base_url}/chat/completions", body, self._headers(), self.timeout_s)
         try:
             data = r.json()
             choice = data["choices"][0]
@@ -243,12 +234,7 @@ class OllamaBackend(Backend):
 
     def generate(self, messages, **options) -> ChatResult:
         body = self._body(messages, options, stream=False)
-        try:
-            r = httpx.post(f"{self.host}/api/chat", json=body, timeout=self.timeout_s)
-        except httpx.HTTPError as e:
-            raise BackendError(self.name, f"request failed: {e!r}") from e
-        if r.status_code >= 400:
-            raise BackendError(self.name, f"HTTP {r.status_code}: {r.text[:300]}")
+        r = _post(self.name, f"{self.host}/api/chat", body, {}, self.timeout_s)
         try:
             data = r.json()
             msg = data["message"]
@@ -282,6 +268,23 @@ class OllamaBackend(Backend):
         return s
 
 
+def _raise_for(name: str, r: httpx.Response) -> None:
+    """An HTTP error status becomes a BackendError carrying the start of the server's answer."""
+    if r.status_code >= 400:
+        r.read()  # a streamed response has no body until read
+        raise BackendError(name, f"HTTP {r.status_code}: {r.text[:300]}")
+
+
+def _post(name: str, url: str, body: dict, headers: dict, timeout: float) -> httpx.Response:
+    """POST `body` as JSON; a transport failure or an error status becomes a BackendError."""
+    try:
+        r = httpx.post(url, json=body, headers=headers, timeout=timeout)
+    except httpx.HTTPError as e:
+        raise BackendError(name, f"request failed: {e!r}") from e
+    _raise_for(name, r)
+    return r
+
+
 def _http_stream(name: str, url: str, body: dict, headers: dict, timeout: float, s: ChatStream,
                  handle: Callable[[str, ThinkSplitter], tuple[str, bool]]) -> Iterator[str]:
     """POST `body` and yield answer pieces; `handle(line, splitter)` -> (piece, finished).
@@ -291,9 +294,7 @@ def _http_stream(name: str, url: str, body: dict, headers: dict, timeout: float,
     splitter = ThinkSplitter()
     try:
         with httpx.stream("POST", url, json=body, headers=headers, timeout=timeout) as r:
-            if r.status_code >= 400:
-                r.read()
-                raise BackendError(name, f"HTTP {r.status_code}: {r.text[:300]}")
+            _raise_for(name, r)
             done = False
             for line in r.iter_lines():
                 piece, done = handle(line, splitter)
