@@ -154,12 +154,9 @@ def _evaluate(spec: dict, send) -> dict:
     import torch
 
     device = spec["device"]
-    clocks = {"perf_counter_ns": time.perf_counter_ns, "perf_counter": time.perf_counter, "time": time.time}
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            return {"status": "rejected", "message": "device=cuda but no CUDA device is visible"}
-        clocks.update(Event=torch.cuda.Event, elapsed=torch.cuda.Event.elapsed_time, record=torch.cuda.Event.record,
-                      sync=torch.cuda.synchronize)
+    if device == "cuda" and not torch.cuda.is_available():
+        return {"status": "rejected", "message": "device=cuda but no CUDA device is visible"}
+    clocks = _clock_functions(device)  # captured before the candidate exists
     provenance = {"device": device, "torch": torch.__version__, "timing": "cuda_events+l2_flush" if device == "cuda" else "perf_counter_ns",
                   "cuda": torch.version.cuda, "dtype": "float32"}
     if device == "cuda":
@@ -297,7 +294,8 @@ def _evaluate(spec: dict, send) -> dict:
             result.update(compiled_ref_runtime_ms=comp_ms, speedup_vs_compile=comp_ms / new_ms2 if new_ms2 > 0 else None)
         if result["speedup"] and result["speedup"] > spec["implausible_speedup"]:
             flags.append("implausible_speedup")
-    tampered = [k for k, v in clocks.items() if _current(k) is not v]
+    now = _clock_functions(device)
+    tampered = [k for k, v in clocks.items() if now[k] is not v]
     if tampered:
         flags.append("timer_tampering")
         result["message"] = f"replaced timing functions: {', '.join(tampered)}"
@@ -305,13 +303,15 @@ def _evaluate(spec: dict, send) -> dict:
     return result
 
 
-def _current(name: str):
+def _clock_functions(device: str) -> dict:
+    """The timing functions as they are now: read once before the candidate loads, once after."""
     import torch
 
-    return {"perf_counter_ns": lambda: time.perf_counter_ns, "perf_counter": lambda: time.perf_counter,
-            "time": lambda: time.time, "Event": lambda: torch.cuda.Event,
-            "elapsed": lambda: torch.cuda.Event.elapsed_time, "record": lambda: torch.cuda.Event.record,
-            "sync": lambda: torch.cuda.synchronize}[name]()
+    clocks = {"perf_counter_ns": time.perf_counter_ns, "perf_counter": time.perf_counter, "time": time.time}
+    if device == "cuda":
+        clocks.update(Event=torch.cuda.Event, elapsed=torch.cuda.Event.elapsed_time, record=torch.cuda.Event.record,
+                      sync=torch.cuda.synchronize)
+    return clocks
 
 
 if __name__ == "__main__":

@@ -109,24 +109,3 @@ class Engine(Protocol):
 
     def generate(self, requests: Sequence[GenerationRequest], use_tqdm: bool = False) -> list[list[Completion]]: ...
 
-
-def pack_logprobs(
-    token_ids: Sequence[int], per_position: Sequence[dict[int, float]] | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Turn per-position {token_id: logprob} dicts into (chosen, ids, logprobs) arrays."""
-    T = len(token_ids)
-    if not per_position:
-        return np.full(T, np.nan), np.full((T, 0), -1, dtype=np.int64), np.zeros((T, 0))
-    width = max((len(d) for d in per_position), default=0)
-    ids = np.full((T, width), -1, dtype=np.int64)
-    lps = np.full((T, width), np.nan)
-    chosen = np.full(T, np.nan)
-    for t, (tok, d) in enumerate(zip(token_ids, per_position)):
-        if not d:
-            continue
-        items = list(d.items())
-        ids[t, : len(items)] = [k for k, _ in items]
-        lps[t, : len(items)] = [v for _, v in items]
-        if tok in d:
-            chosen[t] = d[tok]
-    return chosen, ids, lps

@@ -121,6 +121,8 @@ def _sse(client, node, content: str, options: dict):
         last = node.messages[-1]
         yield f"data: {json.dumps({'message': last.to_dict()})}\n\n"
     except Exception as e:
-        err = ApiError(503 if type(e).__name__ == "AllBackendsFailed" else 500, f"{type(e).__name__}: {e}")
+        from kaggle_kit.chat.types import AllBackendsFailed
+
+        err = ApiError(503 if isinstance(e, AllBackendsFailed) else 500, f"{type(e).__name__}: {e}")
         yield f"data: {json.dumps(err.body())}\n\n"
     yield "data: [DONE]\n\n"

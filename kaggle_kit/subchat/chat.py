@@ -23,7 +23,7 @@ def generate_response(client, node: Node, prompt: str, **options) -> Message:
     store = node.store
     user = store.add_message(node.id, "user", prompt)
     try:
-        context = _context(node, options)
+        context = node.context(max_tokens=options.get("max_tokens", 1024))
         result = client.generate_result(context, **options)
     except BaseException as e:
         store.update_message(user.id, status="error", error=f"{type(e).__name__}: {e}")
@@ -40,7 +40,7 @@ def generate_response_stream(client, node: Node, prompt: str, **options) -> Iter
     parts: list[str] = []
     stream, error, finished = None, None, False
     try:
-        stream = client.stream(_context(node, options), **options)
+        stream = client.stream(node.context(max_tokens=options.get("max_tokens", 1024)), **options)
         for piece in stream:
             parts.append(piece)
             yield piece
@@ -62,8 +62,3 @@ def generate_response_stream(client, node: Node, prompt: str, **options) -> Iter
         else:
             store.update_message(user.id, status="error", error=error or "the stream was interrupted before any text")
 
-
-def _context(node: Node, options: dict) -> list[dict[str, str]]:
-    from kaggle_kit.subchat.context import build_context
-
-    return build_context(node, max_tokens=options.get("max_tokens", 1024))

@@ -36,14 +36,10 @@ class Step:
         return len(self.token_ids)
 
 
-@dataclass
-class Trajectory:
-    """A finished answer that competed for selection."""
+class StepSequence:
+    """Token views of anything made of `steps` (a path during search, a finished trajectory, a result)."""
 
     steps: list[Step]
-    aggregated_score: float
-    completion_reason: CompletionReason
-    text: str = ""
 
     @property
     def token_ids(self) -> tuple[int, ...]:
@@ -52,6 +48,16 @@ class Trajectory:
     @property
     def num_tokens(self) -> int:
         return sum(s.num_tokens for s in self.steps)
+
+
+@dataclass
+class Trajectory(StepSequence):
+    """A finished answer that competed for selection."""
+
+    steps: list[Step]
+    aggregated_score: float
+    completion_reason: CompletionReason
+    text: str = ""
 
 
 @dataclass
@@ -68,7 +74,7 @@ class Usage:
 
 
 @dataclass
-class StrategyResult:
+class StrategyResult(StepSequence):
     strategy: str
     scorer: str
     text: str  # the chosen answer (special tokens removed)
@@ -85,10 +91,6 @@ class StrategyResult:
     @property
     def chosen_index(self) -> int:
         return next(i for i, c in enumerate(self.candidates) if c.steps and c.steps[-1].selected)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_tokens for s in self.steps)
 
     def to_row(self) -> dict[str, Any]:
         """One flat row for a results DataFrame."""

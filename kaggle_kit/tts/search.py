@@ -14,23 +14,15 @@ import numpy as np
 from kaggle_kit.engine.types import Completion, GenerationRequest, SamplingSpec
 from kaggle_kit.tts.aggregation import aggregate
 from kaggle_kit.tts.params import TTSParams
-from kaggle_kit.tts.results import CompletionReason, Step, Trajectory, Usage, finite_or
+from kaggle_kit.tts.results import CompletionReason, Step, StepSequence, Trajectory, Usage, finite_or
 from kaggle_kit.tts.scorers import step_score, uncertainty
 from kaggle_kit.tts.steps import exact_step_texts
 
 
 @dataclass
-class Path:
+class Path(StepSequence):
     steps: list[Step] = field(default_factory=list)
     reason: CompletionReason | None = None  # None while live
-
-    @property
-    def token_ids(self) -> tuple[int, ...]:
-        return tuple(t for s in self.steps for t in s.token_ids)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_tokens for s in self.steps)
 
     @property
     def score(self) -> float:

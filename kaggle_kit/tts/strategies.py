@@ -12,8 +12,7 @@ from typing import Generator, Sequence
 
 from kaggle_kit.engine.types import Completion, GenerationRequest
 from kaggle_kit.tts.aggregation import MONOTONE_NON_INCREASING
-from kaggle_kit.tts.params import TTSParams
-from kaggle_kit.tts.results import StrategyResult
+from kaggle_kit.tts.results import StrategyResult, finite_or
 from kaggle_kit.tts.search import Path, Search, best, slices
 from kaggle_kit.tts.steps import split_points, token_pieces
 
@@ -53,7 +52,7 @@ def online_bon(s: Search, tokenizer=None) -> StrategyGen:
         outs = yield [req]
         s.count([req], outs)
         candidates = [s.extend(path, c) for c in outs[0]]
-        path = max(candidates, key=lambda q: _finite(q.steps[-1].score))
+        path = max(candidates, key=lambda q: finite_or(q.steps[-1].score))
         s.fix([path])
         if not path.live:
             return path, [path]
@@ -124,10 +123,6 @@ def _finish(paths: list[Path], s: Search):
         s.count(reqs, outs)
         done += [s.extend(path, cs[0], final=True) for path, cs in zip(owners, outs)]
     return done
-
-
-def _finite(x: float) -> float:
-    return x if x == x else float("-inf")
 
 
 STRATEGY_FUNCS = {"offline_bon": offline_bon, "online_bon": online_bon, "beam_search": beam_search}
