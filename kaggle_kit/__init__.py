@@ -16,7 +16,8 @@ _EXPORTS = {
     "find_model_path": "kaggle_kit.engine.loader",
     "plan_load": "kaggle_kit.engine.loader",
     "detect_hardware": "kaggle_kit.engine.loader",
-    "VLLMClient": "kaggle_kit.engine.registry",
+    "VLLMClient": "kaggle_kit.chat.vllm_client",
+    "ModelRegistry": "kaggle_kit.engine.registry",
     "ensure_model": "kaggle_kit.engine.registry",
     "build_tiny_model": "kaggle_kit.tiny",
     "SimpleLLMClient": "kaggle_kit.chat.client",
@@ -29,7 +30,10 @@ _EXPORTS = {
     "serve": "kaggle_kit.service.server",
     "create_app": "kaggle_kit.service.app",
 }
-_SUBMODULES = ("tts", "engine", "chat", "subchat", "service", "plots", "pipeline", "notebook", "runs", "kaggle")
+_SUBMODULES = ("tts", "engine", "chat", "subchat", "service", "plots", "pipeline", "workflow")
+# Short names notebooks use for the workflow modules (`kk.notebook.setup_model(...)`).
+_ALIASES = {"notebook": "kaggle_kit.workflow.cells", "runs": "kaggle_kit.workflow.notebooks",
+            "kaggle": "kaggle_kit.workflow.kaggle", "doctor": "kaggle_kit.workflow.doctor"}
 
 __all__ = sorted(_EXPORTS)
 
@@ -37,6 +41,8 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"kaggle_kit.{name}")
+    if name in _ALIASES:
+        return importlib.import_module(_ALIASES[name])
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'kaggle_kit' has no attribute {name!r}")

@@ -55,17 +55,17 @@ class VLLMBackend(Backend):
     name = "vllm"
 
     def available(self) -> bool:
-        from kaggle_kit.engine.registry import VLLMClient
+        from kaggle_kit.engine.registry import ModelRegistry
 
-        return VLLMClient.is_ready()
+        return ModelRegistry.is_ready()
 
     def _prepare(self, messages, options: dict[str, Any]):
-        from kaggle_kit.engine.registry import VLLMClient
+        from kaggle_kit.engine.registry import ModelRegistry
         from kaggle_kit.engine.types import SamplingSpec
 
         msgs = validate_messages(messages)
         opts = ChatOptions.of(**options)
-        engine = VLLMClient.get_engine()
+        engine = ModelRegistry.get_engine()
         ids = prompt_ids(engine.tokenizer, msgs, opts.enable_thinking)
         room = engine.max_model_len - len(ids)
         if room < 1:

@@ -1,16 +1,18 @@
-"""The process-wide model registry (the seed's `VLLMClient` singleton).
+"""The process-wide model registry.
 
 One engine per process: re-creating a `vllm.LLM` in the same Kaggle kernel is
 unreliable (TP=2 on T4s), so everything — TTS, subchat, the service — takes the
-engine from here, and `ensure_model` loads at most once.
+engine from here, and `ensure_model` loads at most once. The registry knows
+nothing of its consumers: the seed's chat calls (`kk.VLLMClient.generate`) live
+in `kaggle_kit.chat.vllm_client`, on top of it.
 """
 from __future__ import annotations
 
 import gc
-import os
 import logging
+import os
 import threading
-from typing import Any, Iterator
+from typing import Any
 
 from kaggle_kit.config import ConfigError
 
@@ -21,13 +23,17 @@ class NoModelError(RuntimeError):
     """Raised when the toolkit needs an engine and none is registered."""
 
 
-class VLLMClient:
-    """Class-level singleton: `VLLMClient.set_model(llm)` once, use anywhere."""
+class _State:
+    """The one registered engine (shared by `ModelRegistry` and every subclass, e.g. `kk.VLLMClient`)."""
 
-    _llm = None
-    _engine = None
-    _load_key: tuple | None = None  # (model path, frozen overrides) of a model loaded by ensure_model
-    _lock = threading.RLock()
+    llm = None
+    engine = None
+    load_key: tuple | None = None  # (model path, frozen overrides) of a model loaded by ensure_model
+    lock = threading.RLock()
+
+
+class ModelRegistry:
+    """Class-level singleton: `set_model(llm)` once, `get_engine()` anywhere."""
 
     @classmethod
     def set_model(cls, llm, *, _load_key: tuple | None = None) -> None:
@@ -36,38 +42,38 @@ class VLLMClient:
             raise TypeError(f"set_model expects a vllm.LLM, got {type(llm).__name__}")
         from kaggle_kit.engine.vllm_engine import VLLMEngine
 
-        with cls._lock:
-            if cls._llm is not None and cls._llm is not llm:
+        with _State.lock:
+            if _State.llm is not None and _State.llm is not llm:
                 raise ConfigError("a model is already registered; call kk.VLLMClient.clear() first (one engine per process)")
-            cls._llm = llm
-            cls._engine = VLLMEngine(llm)
-            cls._load_key = _load_key
+            _State.llm = llm
+            _State.engine = VLLMEngine(llm)
+            _State.load_key = _load_key
 
     @classmethod
     def get_model(cls):
-        if cls._llm is None:
+        if _State.llm is None:
             raise NoModelError("no model registered: call kk.ensure_model() or kk.VLLMClient.set_model(llm)")
-        return cls._llm
+        return _State.llm
 
     @classmethod
     def get_engine(cls):
         """The registered model behind the Engine seam (token-id prompts, logprobs)."""
         cls.get_model()
-        return cls._engine
+        return _State.engine
 
     @classmethod
     def is_ready(cls) -> bool:
-        return cls._llm is not None
+        return _State.llm is not None
 
     @classmethod
     def model_path(cls) -> str | None:
-        return cls._engine.model_name if cls._engine is not None else None
+        return _State.engine.model_name if _State.engine is not None else None
 
     @classmethod
     def clear(cls) -> None:
         """Free the engine (vLLM's distributed state, gc, CUDA cache) so another can load."""
-        with cls._lock:
-            llm, cls._llm, cls._engine, cls._load_key = cls._llm, None, None, None
+        with _State.lock:
+            llm, _State.llm, _State.engine, _State.load_key = _State.llm, None, None, None
             if llm is None:
                 return
             core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
@@ -93,21 +99,6 @@ class VLLMClient:
             except ImportError:
                 pass
 
-    # -- chat over the registered model (the seed's calls) --------------------
-    @classmethod
-    def generate(cls, messages, **options) -> str:
-        """messages -> answer text (thinking removed) from the registered model."""
-        from kaggle_kit.chat.backends import VLLMBackend
-
-        return VLLMBackend().generate(messages, **options).text
-
-    @classmethod
-    def generate_stream(cls, messages, **options) -> Iterator[str]:
-        """messages -> answer text pieces as the engine produces them."""
-        from kaggle_kit.chat.backends import VLLMBackend
-
-        yield from VLLMBackend().stream(messages, **options)
-
 
 def _load_key(model_path: str, overrides: dict[str, Any]) -> tuple:
     return (model_path, tuple(sorted((k, repr(v)) for k, v in overrides.items())))
@@ -121,23 +112,23 @@ def ensure_model(model_path: str | None = None, *, replace: bool = False, **over
     """
     from kaggle_kit.engine.loader import find_model_path, load_model
 
-    with VLLMClient._lock:
-        if VLLMClient.is_ready() and model_path is None and not overrides and not replace:
-            return VLLMClient.get_model()  # whatever is registered, e.g. an LLM the user built
+    with _State.lock:
+        if ModelRegistry.is_ready() and model_path is None and not overrides and not replace:
+            return ModelRegistry.get_model()  # whatever is registered, e.g. an LLM the user built
         path = find_model_path(model_path)
         key = _load_key(path, overrides)
-        if VLLMClient.is_ready():
-            current = VLLMClient._load_key
-            user_built_same = current is None and not overrides and _same_path(VLLMClient.model_path(), path)
+        if ModelRegistry.is_ready():
+            current = _State.load_key
+            user_built_same = current is None and not overrides and _same_path(ModelRegistry.model_path(), path)
             if current == key or user_built_same:
-                return VLLMClient.get_model()
+                return ModelRegistry.get_model()
             if not replace:
-                what = current[0] if current else VLLMClient.model_path()
+                what = current[0] if current else ModelRegistry.model_path()
                 differs = "with other settings" if _same_path(what, path) else f"(asked for {path!r})"
                 raise ConfigError(f"{what!r} is already loaded {differs}; pass replace=True to swap models")
-            VLLMClient.clear()
+            ModelRegistry.clear()
         llm = load_model(path, **overrides)
-        VLLMClient.set_model(llm, _load_key=key)
+        ModelRegistry.set_model(llm, _load_key=key)
         return llm
 
 

@@ -30,9 +30,9 @@ from kaggle_kit.tts.search import Search
 
 
 def _registered_engine():
-    from kaggle_kit.engine.registry import VLLMClient
+    from kaggle_kit.engine.registry import ModelRegistry
 
-    return VLLMClient.get_engine() if VLLMClient.is_ready() else None
+    return ModelRegistry.get_engine() if ModelRegistry.is_ready() else None
 
 
 class ServiceState:

@@ -17,18 +17,18 @@ PER_MESSAGE_OVERHEAD = 4  # role markers and separators of a chat template
 
 
 def default_budget(max_tokens: int = 1024) -> int:
-    from kaggle_kit.engine.registry import VLLMClient
+    from kaggle_kit.engine.registry import ModelRegistry
 
-    window = VLLMClient.get_engine().max_model_len if VLLMClient.is_ready() else DEFAULT_WINDOW
+    window = ModelRegistry.get_engine().max_model_len if ModelRegistry.is_ready() else DEFAULT_WINDOW
     return window - max_tokens
 
 
 def default_counter() -> Callable[[str], int]:
     """Token count with the registered model's tokenizer, else about 3 characters a token."""
-    from kaggle_kit.engine.registry import VLLMClient
+    from kaggle_kit.engine.registry import ModelRegistry
 
-    if VLLMClient.is_ready():
-        tok = VLLMClient.get_engine().tokenizer
+    if ModelRegistry.is_ready():
+        tok = ModelRegistry.get_engine().tokenizer
         return lambda text: len(tok.encode(text, add_special_tokens=False)) + PER_MESSAGE_OVERHEAD
     return lambda text: len(text) // 3 + 1 + PER_MESSAGE_OVERHEAD
 

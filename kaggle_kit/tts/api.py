@@ -13,9 +13,9 @@ from kaggle_kit.tts.strategies import drive
 def _engine(engine):
     if engine is not None:
         return engine
-    from kaggle_kit.engine.registry import VLLMClient
+    from kaggle_kit.engine.registry import ModelRegistry
 
-    return VLLMClient.get_engine()
+    return ModelRegistry.get_engine()
 
 
 def run_strategy_batch(messages_list: Sequence, *, engine=None, progress: bool | None = None,
