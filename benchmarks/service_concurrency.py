@@ -32,7 +32,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=".cache/tiny-model")
     args = ap.parse_args()
-    from kaggle_kit.demo import ensure_tiny_model
+    from kaggle_kit.workflow.demo import ensure_tiny_model
 
     kk.ensure_model(str(ensure_tiny_model(args.model)))
     srv = kk.serve(port=0)

@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--model", default=".cache/tiny-model")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
-    from kaggle_kit.demo import ensure_tiny_model
+    from kaggle_kit.workflow.demo import ensure_tiny_model
 
     kk.ensure_model(str(ensure_tiny_model(args.model)))
     engine = kk.VLLMClient.get_engine()

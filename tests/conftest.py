@@ -17,7 +17,7 @@ try:
 except ImportError:  # nbval not installed: the notebooks are not collected either
     pass
 
-from kaggle_kit.golden import GOLDEN_ENV  # noqa: E402
+from kaggle_kit.workflow.golden import GOLDEN_ENV  # noqa: E402
 
 for _k, _v in GOLDEN_ENV.items():  # the notebook kernels nbval starts inherit this environment
     os.environ.setdefault(_k, _v)

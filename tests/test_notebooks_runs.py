@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_kit import kaggle, plots, runs
+from kaggle_kit import plots
+from kaggle_kit.workflow import kaggle
+from kaggle_kit.workflow import notebooks as runs
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -84,7 +84,7 @@ def run_demo(out_dir: str | Path = "runs/demo", model_dir: str | Path = ".cache/
     print(json.dumps({k: v for k, v in summary.items() if k != "chain"}, indent=2))
 
     # The product as users run it: the ordered notebooks, one papermill kernel, on the tiny model.
-    from kaggle_kit.runs import run_notebooks
+    from kaggle_kit.workflow.notebooks import run_notebooks
 
     print("\n--- running notebooks/01..04 with papermill (tiny model, CPU, real vLLM) ---", flush=True)
     t = time.perf_counter()

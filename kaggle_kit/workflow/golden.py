@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kaggle_kit.runs import ROOT, stage_paths
+from kaggle_kit.workflow.notebooks import ROOT, stage_paths
 
 GOLDEN = ROOT / "tests" / "golden"
 GOLDEN_PARAMS = {"tiny": True}
@@ -33,6 +33,6 @@ def regenerate(out_dir: str | Path = GOLDEN) -> list[Path]:
 
 
 def _names(path: Path) -> set[str]:
-    from kaggle_kit.runs import parameter_defaults
+    from kaggle_kit.workflow.notebooks import parameter_defaults
 
     return set(parameter_defaults(path))

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (kaggle_kit/workflow/ -> root)
 METADATA = ROOT / "kernel-metadata.json"
 MACHINE_SHAPES = ("NvidiaTeslaT4", "NvidiaTeslaP100", "NvidiaL4", "NvidiaL4X1", "NvidiaH100", "Tpu1VmV38")
 _BOOLS = ("is_private", "enable_gpu", "enable_tpu", "enable_internet")
@@ -82,7 +82,7 @@ def load_metadata(path: str | Path = METADATA) -> dict[str, Any]:
 def prepare_push(out_dir: str | Path = "build/kaggle", params: dict[str, Any] | None = None,
                  metadata_path: str | Path = METADATA) -> Path:
     """A folder ready for `kaggle kernels push`: the bundled notebook (params injected) + metadata."""
-    from kaggle_kit.runs import build_bundle, inject
+    from kaggle_kit.workflow.notebooks import build_bundle, inject
 
     meta = load_metadata(metadata_path)
     out = Path(out_dir)

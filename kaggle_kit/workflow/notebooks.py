@@ -16,7 +16,7 @@ from typing import Any
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (kaggle_kit/workflow/ -> root)
 NOTEBOOKS = ROOT / "notebooks"
 STAGES = ("01_load_model.ipynb", "02_tts_kernels.ipynb", "03_subchat.ipynb", "04_plot_scores.ipynb")
 BUNDLE = NOTEBOOKS / "kaggle_kit_bundle.ipynb"
