@@ -10,7 +10,10 @@ import sys
 def _cmd_tiny_model(args) -> int:
     from kaggle_kit.tiny import build_tiny_model
 
-    path = build_tiny_model(args.dir, seed=args.seed, train_steps=args.train_steps)
+    from kaggle_kit.tiny import TRAIN_STEPS
+
+    steps = TRAIN_STEPS if args.train_steps is None else args.train_steps
+    path = build_tiny_model(args.dir, seed=args.seed, train_steps=steps)
     print(path)
     return 0
 
@@ -20,6 +23,26 @@ def _cmd_plan(args) -> int:
 
     plan = plan_load(find_model_path(args.model), detect_hardware())
     print(json.dumps({"device": plan.device, "llm_kwargs": plan.llm_kwargs, "env": plan.env, "notes": plan.notes}, indent=2))
+    return 0
+
+
+def _cmd_doctor(args) -> int:
+    from kaggle_kit.workflow import doctor
+
+    overrides = {k: v for k, v in (("max_model_len", args.max_model_len),
+                                   ("gpu_memory_utilization", args.gpu_memory_utilization)) if v is not None}
+    report = doctor.run(args.model, overrides, import_vllm=not args.no_import)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
+    return 0 if report.ok else 1
+
+
+def _cmd_wheels(args) -> int:
+    from kaggle_kit.workflow.wheels import Target, build_wheels
+
+    report = build_wheels(args.dir, args.requirement or [], target=Target(python=args.python, interpreter=args.pip_python),
+                          include_self=not args.no_self, find_links=args.find_links or [], index_url=args.index_url,
+                          check=not args.no_check)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0
 
 
@@ -94,7 +117,7 @@ def _params(pairs) -> dict:
 
 
 def _cmd_run_notebooks(args) -> int:
-    from kaggle_kit.runs import run_notebooks
+    from kaggle_kit.workflow.notebooks import run_notebooks
 
     executed = run_notebooks(_params(args.p), args.out)
     print(f"executed notebook: {executed}\nresults and figures: {executed.parent}")
@@ -102,7 +125,7 @@ def _cmd_run_notebooks(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from kaggle_kit.runs import sweep
+    from kaggle_kit.workflow.notebooks import sweep
 
     report = sweep(args.spec, args.out)
     print(f"{report['points'] - len(report['failed'])}/{report['points']} points ran; results: {report['results_csv']}")
@@ -112,7 +135,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_bundle(args) -> int:
-    from kaggle_kit.runs import build_bundle, inject
+    from kaggle_kit.workflow.notebooks import build_bundle, inject
 
     bundle = build_bundle()
     if args.p:
@@ -124,7 +147,7 @@ def _cmd_bundle(args) -> int:
 
 
 def _cmd_push(args) -> int:
-    from kaggle_kit import kaggle
+    from kaggle_kit.workflow import kaggle
 
     if args.dry_run:
         print(kaggle.prepare_push(args.out, _params(args.p)))
@@ -134,14 +157,14 @@ def _cmd_push(args) -> int:
 
 
 def _cmd_fetch(args) -> int:
-    from kaggle_kit import kaggle
+    from kaggle_kit.workflow import kaggle
 
     print(kaggle.fetch(args.kernel, args.out))
     return 0
 
 
 def _cmd_golden(args) -> int:
-    from kaggle_kit.golden import regenerate
+    from kaggle_kit.workflow.golden import regenerate
 
     for path in regenerate():
         print(path)
@@ -149,7 +172,7 @@ def _cmd_golden(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from kaggle_kit.demo import run_demo
+    from kaggle_kit.workflow.demo import run_demo
 
     run_demo(out_dir=args.out, model_dir=args.model_dir)
     return 0
@@ -163,12 +186,32 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tiny-model", help="build the tiny local Qwen3 model + tokenizer into DIR")
     t.add_argument("dir")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--train-steps", type=int, default=120, help="0 leaves the weights purely random")
+    t.add_argument("--train-steps", type=int, default=None, help="default: kaggle_kit.tiny.TRAIN_STEPS; 0 leaves the weights random")
     t.set_defaults(func=_cmd_tiny_model)
 
     pl = sub.add_parser("plan", help="show the vLLM settings load_model would use on this machine")
     pl.add_argument("--model", default=None, help="model directory (default: $VLLM_MODEL_PATH or the Kaggle input mount)")
     pl.set_defaults(func=_cmd_plan)
+
+    dr = sub.add_parser("doctor", help="check this machine before a run: GPUs, driver vs torch, vLLM, model, memory")
+    dr.add_argument("--model", default=None, help="model directory (default: $VLLM_MODEL_PATH or the Kaggle input mount)")
+    dr.add_argument("--max-model-len", type=int, default=None)
+    dr.add_argument("--gpu-memory-utilization", type=float, default=None)
+    dr.add_argument("--no-import", action="store_true", help="do not import vLLM (faster; skips the import check)")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=_cmd_doctor)
+
+    wh = sub.add_parser("wheels", help="build the offline wheels folder for Kaggle's image and check it resolves")
+    wh.add_argument("dir")
+    wh.add_argument("--python", default="3.12", help="the image's Python (default 3.12)")
+    wh.add_argument("--pip-python", default=None, help="a Python of that version to run pip with (default: pythonX.Y on PATH)")
+    wh.add_argument("--requirement", action="append", help="more requirements to include (repeatable)")
+    wh.add_argument("--no-self", action="store_true", help="do not build and include kaggle_kit's own wheel")
+    wh.add_argument("--find-links", action="append", help="another wheel source (repeatable)")
+    wh.add_argument("--index-url", default=None)
+    wh.add_argument("--no-check", action="store_true", help="skip the offline resolve check")
+    wh.add_argument("--json", action="store_true")
+    wh.set_defaults(func=_cmd_wheels)
 
     ts = sub.add_parser("tts", help="run a test-time-scaling strategy on one prompt")
     ts.add_argument("--model", default=None, help="model directory (default: $VLLM_MODEL_PATH or the Kaggle input mount)")
@@ -238,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+    except (ConfigError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:  # WheelsError, DoctorError too
         print(f"kaggle-kit: error: {e}", file=sys.stderr)
         return 2
 

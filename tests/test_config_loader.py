@@ -52,11 +52,13 @@ def test_t4_pair_gets_the_seed_settings(awq_model):
     assert k["dtype"] == "half" and k["quantization"] == "awq" and k["tensor_parallel_size"] == 2
     assert k["disable_custom_all_reduce"] is True and k["enforce_eager"] is True
     assert k["gpu_memory_utilization"] == 0.91 and k["max_model_len"] == 5120 and k["enable_prefix_caching"]
+    assert k["attention_config"] == {"backend": "TRITON_ATTN"}
 
 
 def test_ampere_or_newer_keeps_vllm_choices(awq_model):
     k = plan_load(awq_model, H100).llm_kwargs
     assert "quantization" not in k and "dtype" not in k and "disable_custom_all_reduce" not in k
+    assert "attention_config" not in k  # vLLM picks FlashAttention on sm80+
     assert k["tensor_parallel_size"] == 1
 
 

@@ -16,6 +16,26 @@ def resolve_device(device: str = "auto") -> str:
         return "cpu"
 
 
+def _model_dir(model_path: str | None, tiny: bool, tiny_dir: str) -> str | None:
+    """The model folder a stage uses: the tiny model (built on first use) or `model_path`."""
+    if not tiny:
+        return model_path
+    if not (Path(tiny_dir) / "config.json").exists():
+        from kaggle_kit.tiny import build_tiny_model
+
+        build_tiny_model(tiny_dir)
+    return tiny_dir
+
+
+def preflight(model_path: str | None = None, tiny: bool = False, tiny_dir: str = ".cache/tiny-model",
+              max_model_len: int | None = None):
+    """`kaggle-kit doctor` as the first cell: prints the checks, stops the notebook on a failure."""
+    from kaggle_kit.workflow import doctor
+
+    overrides = {"max_model_len": max_model_len} if max_model_len else {}
+    return doctor.check(_model_dir(model_path, tiny, tiny_dir), overrides)
+
+
 def setup_model(model_path: str | None = None, tiny: bool = False, tiny_dir: str = ".cache/tiny-model",
                 max_model_len: int | None = None) -> dict:
     """Build the tiny model if asked, then load and register the model once (later stages reuse it)."""
@@ -25,10 +45,7 @@ def setup_model(model_path: str | None = None, tiny: bool = False, tiny_dir: str
 
     # In a notebook, stdout is the answer; vLLM's logs go to stderr (shown apart, skipped by nbval).
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    if tiny:
-        if not (Path(tiny_dir) / "config.json").exists():
-            kk.build_tiny_model(tiny_dir)
-        model_path = tiny_dir
+    model_path = _model_dir(model_path, tiny, tiny_dir)
     overrides = {"max_model_len": max_model_len} if max_model_len else {}
     t = time.perf_counter()
     already = kk.VLLMClient.is_ready()
