@@ -34,6 +34,7 @@ from kernels_eval.result import KernelEvalResult, Status
 # catch a wrong kernel and loose enough for a different summation order.
 DEFAULT_TOLERANCES = {"float32": (1e-4, 1e-4), "float16": (1e-2, 1e-2), "bfloat16": (2e-2, 2e-2),
                       "float64": (1e-8, 1e-8), "default": (1e-4, 1e-4)}
+LOCK_WAIT_S = 6 * 3600.0  # a build waits this long for the device (other candidates' runs) before giving up
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION", re.IGNORECASE)
 _SECRET_PREFIXES = ("KAGGLE", "GROQ", "AWS_", "OPENAI", "HF_", "HUGGING", "GITHUB", "AZURE", "GOOGLE", "KK_API")
 
@@ -63,14 +64,42 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
              timing: bool = True, warmup: int = 3, iters: int = 10, rounds: int = 5,
              compile_timeout: float = 600.0, run_timeout: float = 180.0, memory_limit_gb: float | None = 16.0,
              tolerances: dict | None = None, implausible_speedup: float = 20.0, cache_dir: str | Path | None = None,
-             flush_mb: int = 256, compare_compile: bool = False, cpu_threads: int = 1) -> KernelEvalResult:
+             flush_mb: int | None = None, compare_compile: bool = False, cpu_threads: int = 1,
+             device_lock: str | Path | None = None, max_jobs: int | None = None, launch_slack_us: float = 100.0,
+             harness_retries: int = 0, retry_wait_s: float = 10.0) -> KernelEvalResult:
     """Compile, check and time `candidate_source` (a module defining ModelNew) against `problem`.
 
     memory_limit_gb caps the address space of CPU runs (CUDA needs a huge one,
     so GPU runs rely on the timeouts and CUDA's own out-of-memory errors).
+    flush_mb: the L2 flush buffer (default: twice the GPU's L2, e.g. 8 MB on a T4).
     compare_compile also times the reference through torch.compile (speedup_vs_compile).
     On CPU both sides run with `cpu_threads` torch threads (1 by default, for stable timings).
+    device_lock: a lock file the candidate's process takes after its build and before it
+    touches the device, so builds run side by side while device runs (and timings) never overlap.
+    max_jobs: compiler jobs for the build (default: every core; a pool of W builds gives each cores/W).
+    launch_slack_us: on a GPU, a spin before each timed call so the host's launch latency is not timed.
+    A harness_error (the evaluator ran out of GPU memory, or lost the GPU) is retried
+    `harness_retries` times, `retry_wait_s` apart; it is never the kernel's verdict.
     """
+    options = dict(trials=trials, seed=seed, timing=timing, warmup=warmup, iters=iters, rounds=rounds,
+                   compile_timeout=compile_timeout, run_timeout=run_timeout, memory_limit_gb=memory_limit_gb,
+                   tolerances=tolerances, implausible_speedup=implausible_speedup, cache_dir=cache_dir,
+                   flush_mb=flush_mb, compare_compile=compare_compile, cpu_threads=cpu_threads, device_lock=device_lock,
+                   max_jobs=max_jobs, launch_slack_us=launch_slack_us)
+    result = _evaluate_once(problem, candidate_source, device, **options)
+    for attempt in range(harness_retries):
+        if result.status is not Status.HARNESS_ERROR:
+            break
+        time.sleep(retry_wait_s)
+        result = _evaluate_once(problem, candidate_source, device, **options)
+        result.provenance["harness_attempts"] = attempt + 2
+    return result
+
+
+def _evaluate_once(problem: Problem, candidate_source: str, device: str, *, trials, seed, timing, warmup, iters,
+                   rounds, compile_timeout, run_timeout, memory_limit_gb, tolerances, implausible_speedup,
+                   cache_dir, flush_mb, compare_compile, cpu_threads, device_lock, max_jobs,
+                   launch_slack_us) -> KernelEvalResult:
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
     if not isinstance(candidate_source, str) or not candidate_source.strip():
@@ -86,12 +115,15 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
         "problem_source": problem.source, "candidate_source": candidate_source, "device": device,
         "trials": trials, "seed": seed, "timing": timing, "warmup": warmup, "iters": iters, "rounds": rounds,
         "tolerances": {**DEFAULT_TOLERANCES, **(tolerances or {})}, "implausible_speedup": implausible_speedup,
-        "flush_bytes": flush_mb << 20, "scratch": str(scratch), "compare_compile": compare_compile,
-        "cpu_threads": cpu_threads,
+        "flush_bytes": (flush_mb << 20) if flush_mb else None, "scratch": str(scratch),
+        "compare_compile": compare_compile, "cpu_threads": cpu_threads,
+        "device_lock": str(device_lock) if device_lock else None, "sleep_us": launch_slack_us,
     }
     env = clean_env(dict(os.environ))
     env.update(TORCH_EXTENSIONS_DIR=str(ext_dir), HOME=str(scratch), TMPDIR=str(scratch),
                PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+    if max_jobs:
+        env["MAX_JOBS"] = str(max_jobs)
     env.setdefault("MAX_JOBS", str(max(1, os.cpu_count() or 1)))
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -104,7 +136,7 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
     if raw is None:
         msg = fail_msg + (f"\n--- candidate output ---\n{log_tail}" if log_tail else "")
         return KernelEvalResult(problem.name, fail_status, message=msg, source_hash=key, cached_build=cached,
-                                compiled=fail_status is Status.TIMEOUT and "run" in fail_msg)
+                                compiled=fail_status is Status.TIMEOUT and fail_msg.startswith("run"))
     raw["status"] = Status(raw["status"])
     if raw["status"] in (Status.COMPILE_ERROR, Status.RUNTIME_ERROR) and log_tail:
         raw["message"] = (raw.get("message") or "") + f"\n--- candidate output ---\n{log_tail}"
@@ -164,8 +196,10 @@ def _run(spec: dict, env: dict, scratch: Path, compile_timeout: float, run_timeo
             left = deadline - time.monotonic()
             if left <= 0:
                 _kill(proc)
-                limit = run_timeout if phase == "compiled" else compile_timeout
-                what = "run" if phase == "compiled" else "compile"
+                if phase == "compiled":  # never got the device: nothing was decided about the kernel
+                    return None, Status.HARNESS_ERROR, f"waited over {LOCK_WAIT_S:.0f}s for the device lock"
+                limit = run_timeout if phase == "running" else compile_timeout
+                what = "run" if phase == "running" else "compile"
                 return None, Status.TIMEOUT, f"{what} timed out after {limit:.0f}s"
             ready, _, _ = select.select([pipe], [], [], min(left, 0.5))
             if not ready:
@@ -184,8 +218,10 @@ def _run(spec: dict, env: dict, scratch: Path, compile_timeout: float, run_timeo
                     continue  # not from the harness
                 if msg.get("phase") == "compiling":
                     phase, deadline = "compiling", time.monotonic() + compile_timeout
-                elif msg.get("phase") == "compiled":
-                    phase, deadline = "compiled", time.monotonic() + run_timeout
+                elif msg.get("phase") == "compiled":  # built; waiting for the device lock, if any
+                    phase, deadline = "compiled", time.monotonic() + LOCK_WAIT_S
+                elif msg.get("phase") == "running":  # holds the device: the run timeout starts now
+                    phase, deadline = "running", time.monotonic() + run_timeout
                 elif "result" in msg:
                     result = msg["result"]
     try:

@@ -2,7 +2,8 @@
 
 Every rate comes with its numerator and denominator, so "fast_1 = 0.40" can be
 read as "8 of 20 evaluated samples". Flagged results (suspected cheats) do not
-count as correct unless `count_flagged=True`.
+count as correct unless `count_flagged=True`. A harness_error (the evaluator, not the
+kernel, failed) is no verdict: it is left out of every rate and counted apart.
 """
 from __future__ import annotations
 
@@ -19,11 +20,17 @@ def _ok(r: KernelEvalResult, count_flagged: bool) -> bool:
     return r.correct and (count_flagged or not r.flags)
 
 
+def evaluated(results: Iterable[KernelEvalResult]) -> list[KernelEvalResult]:
+    """The results that are verdicts on a kernel (harness errors left out)."""
+    return [r for r in results if r.evaluated]
+
+
 def fast_p(results: list[KernelEvalResult], p: float, count_flagged: bool = False) -> tuple[int, int]:
-    """(numerator, denominator): correct samples with speedup > p, over all samples.
+    """(numerator, denominator): correct samples with speedup > p, over all evaluated samples.
 
     fast_0 is the correctness rate (a correct sample with no timing counts for p = 0 only).
     """
+    results = evaluated(results)
     num = sum(1 for r in results if _ok(r, count_flagged) and (p == 0 or (r.speedup or 0) > p))
     return num, len(results)
 
@@ -44,7 +51,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def pass_at_k_by_problem(results: list[KernelEvalResult], k: int, count_flagged: bool = False) -> float | None:
     groups: dict[str, list[KernelEvalResult]] = defaultdict(list)
-    for r in results:
+    for r in evaluated(results):
         groups[r.problem].append(r)
     vals = [pass_at_k(len(g), sum(_ok(r, count_flagged) for r in g), k) for g in groups.values() if len(g) >= k]
     return sum(vals) / len(vals) if vals else None
@@ -52,6 +59,7 @@ def pass_at_k_by_problem(results: list[KernelEvalResult], k: int, count_flagged:
 
 def taxonomy(results: Iterable[KernelEvalResult]) -> dict[str, int]:
     """Counts per status, and per flag (as flag:NAME)."""
+    results = list(results)
     c = Counter(r.status.value for r in results)
     for r in results:
         c.update(f"flag:{f}" for f in r.flags)
@@ -59,7 +67,8 @@ def taxonomy(results: Iterable[KernelEvalResult]) -> dict[str, int]:
 
 
 def summary(results: list[KernelEvalResult], count_flagged: bool = False, ks: tuple[int, ...] = (1, 5)) -> dict:
-    out: dict = {"samples": len(results), "problems": len({r.problem for r in results})}
+    out: dict = {"samples": len(evaluated(results)), "problems": len({r.problem for r in results}),
+                 "not_evaluated": len(results) - len(evaluated(results))}
     for p in FAST_P:
         num, den = fast_p(results, p, count_flagged)
         out[f"fast_{p:g}"] = {"rate": num / den if den else None, "num": num, "den": den}

@@ -15,6 +15,10 @@ class Status(str, Enum):
     CRASHED = "crashed"  # died without reporting: a signal, os._exit, an out-of-memory kill
     NO_CODE = "no_code"  # the response had nothing to run (see parse_response's reasons)
     REJECTED = "rejected"  # refused before running (e.g. no ModelNew)
+    # The evaluator, not the kernel, failed: out of GPU memory in its own work (the reference,
+    # the inputs, the comparison) or for an allocation that would fit on a free GPU, or the GPU
+    # was not usable. Not a verdict on the kernel: metrics leave it out, runs retry it.
+    HARNESS_ERROR = "harness_error"
 
 
 @dataclass
@@ -37,6 +41,11 @@ class KernelEvalResult:
     cached_build: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)  # device, capability, torch/CUDA, dtype, timing method
     source_hash: str = ""
+
+    @property
+    def evaluated(self) -> bool:
+        """False when the harness failed: the kernel got no verdict (retry it; metrics skip it)."""
+        return self.status is not Status.HARNESS_ERROR
 
     @property
     def counts_as_correct(self) -> bool:

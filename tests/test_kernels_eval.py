@@ -130,7 +130,7 @@ def test_compile_error_is_reported(cache):
 
 # -- hostile candidates --------------------------------------------------------------
 
-@pytest.mark.parametrize("forward, header, status, text", [
+HOSTILE = [
     ("        import ctypes\n        ctypes.string_at(0)\n        return x", "", Status.CRASHED, "SIGSEGV"),
     ("        import os\n        os._exit(0)", "", Status.CRASHED, "without reporting"),
     ("        import os\n        os.abort()", "", Status.CRASHED, "SIGABRT"),
@@ -141,7 +141,10 @@ def test_compile_error_is_reported(cache):
     ("        return x.relu_()", "", Status.INCORRECT, "aliases an input"),
     ("        return torch.relu(x).double()", "", Status.INCORRECT, "dtype"),
     ("        return torch.relu(x)[:1]", "", Status.INCORRECT, "shape"),
-])
+]
+
+
+@pytest.mark.parametrize("forward, header, status, text", HOSTILE)
 def test_hostile_candidates_become_statuses(forward, header, status, text, cache):
     r = ev(py_candidate(forward, header), cache_dir=cache, memory_limit_gb=4)
     assert r.status is status, r.message
@@ -226,3 +229,60 @@ def test_metrics():
     s = summary(rs)
     assert s["fast_1"] == {"rate": 0.2, "num": 1, "den": 5}
     assert s["taxonomy"] == {"compile_error": 1, "correct": 3, "flag:no_custom_kernel": 1, "incorrect": 1}
+
+
+# -- the evaluator's own failures (harness_error) ---------------------------------------
+
+OOM_MSG = ("CUDA out of memory. Tried to allocate {tried}. GPU 0 has a total capacity of {total} of which "
+           "1.20 GiB is free. Including non-PyTorch memory, this process has {in_use} memory in use.")
+
+
+def test_candidate_oom_is_charged_by_whether_it_would_fit_a_free_gpu():
+    from kernels_eval.harness import classify_candidate_oom
+
+    # A T4 beside vLLM: 64 MiB more would fit on the free card -> the environment's fault.
+    fits = OOM_MSG.format(tried="64.00 MiB", total="14.75 GiB", in_use="1.10 GiB")
+    assert classify_candidate_oom(fits) == "harness"
+    # A memory bomb: 16 GiB more after 64 GiB already held, on an 80 GB card -> the candidate's.
+    bomb = OOM_MSG.format(tried="16.00 GiB", total="79.19 GiB", in_use="65.06 GiB")
+    assert classify_candidate_oom(bomb) == "candidate"
+    assert classify_candidate_oom("CUDA error: out of memory") == "candidate"  # a raw cudaMalloc: no sizes
+    assert classify_candidate_oom("RuntimeError: shape mismatch") is None
+
+
+def test_harness_oom_is_a_harness_error_not_counted_and_retried(tmp_path, cache):
+    """The reference itself runs out of GPU memory (simulated on CPU): no verdict on the kernel."""
+    marker = tmp_path / "attempts"
+    source = RELU.source.replace(
+        "        return torch.relu(x)",
+        f"        import pathlib\n        p = pathlib.Path({str(marker)!r})\n        p.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
+        "        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 64.00 MiB. GPU 0 has a total "
+        "capacity of 14.75 GiB of which 20.00 MiB is free.')")
+    problem = type(RELU)(RELU.name, RELU.level, RELU.path, source)
+    r = ev(reference_solution(RELU, "cpu"), problem=problem, cache_dir=cache, harness_retries=1, retry_wait_s=0.1)
+    assert r.status is Status.HARNESS_ERROR and not r.evaluated, r.message
+    assert "the reference" in r.message and "out of memory" in r.message
+    assert marker.read_text() == "xx" and r.provenance["harness_attempts"] == 2  # retried once
+    s = summary([r, R("relu", speedup=1.5)])
+    assert s["samples"] == 1 and s["not_evaluated"] == 1 and s["fast_1"]["den"] == 1
+    assert s["taxonomy"]["harness_error"] == 1
+
+
+def test_builds_run_before_the_device_lock_and_runs_wait_for_it(tmp_path, cache):
+    """A candidate builds, then blocks on the device lock; its run timeout starts only once it holds it."""
+    import fcntl
+    import threading
+
+    lock = tmp_path / "cpu.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=ev(py_candidate("        return torch.relu(x)"), cache_dir=cache,
+                                                        device_lock=lock, run_timeout=5)))
+    t.start()
+    time.sleep(8)  # longer than the run timeout: waiting for the lock must not count
+    assert t.is_alive()
+    os.close(fd)  # release
+    t.join(60)
+    r = out["r"]
+    assert r.status is Status.CORRECT and "no_custom_kernel" in r.flags
