@@ -1,4 +1,9 @@
-"""`kernels-eval` command line: eval, report, run, problems, prompt."""
+"""`kernels-eval` command line: eval, report, problems, prompt.
+
+`run` (generate with a TTS strategy, then evaluate) needs a model: kaggle_kit adds it
+(`kaggle_kit.experiment.cli`, the installed `kernels-eval`), so this package stays usable
+and testable on its own.
+"""
 from __future__ import annotations
 
 import argparse
@@ -44,14 +49,19 @@ def _is_python(text: str) -> bool:
 
 def _cmd_report(args) -> int:
     from kernels_eval.metrics import summary, table
-    from kernels_eval.result import KernelEvalResult
-    from kernels_eval.runner import read_records
+    from kernels_eval.records import RecordStore
 
-    records = read_records(Path(args.results))
-    if not records:
-        print(f"kernels-eval: no records in {args.results}", file=sys.stderr)
+    path = Path(args.results)
+    path = path / "records.jsonl" if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"no records at {path}")
+    _, evaluated = RecordStore(path).latest()
+    if args.round is not None:
+        evaluated = {k: e for k, e in evaluated.items() if k.endswith(f"|{args.round}")}
+    results = [e.result for e in evaluated.values()]
+    if not results:
+        print(f"kernels-eval: no evaluated records in {path}", file=sys.stderr)
         return 2
-    results = [KernelEvalResult.from_dict(r["eval"]) for r in records]
     s = summary(results, count_flagged=args.count_flagged)
     if args.json:
         print(json.dumps(s, indent=2))
@@ -67,26 +77,11 @@ def _cmd_report(args) -> int:
         v = s.get(f"pass@{k}")
         print(f"pass@{k}: {v:.3f}" if v is not None else f"pass@{k}: n/a (fewer than {k} samples per problem)")
     print("failures:", ", ".join(f"{k}={v}" for k, v in s["taxonomy"].items()))
+    if s["not_evaluated"]:
+        print(f"{s['not_evaluated']} sample(s) not evaluated (harness_error: the evaluator failed, not the kernel); "
+              "rerun to retry them")
     if not args.count_flagged:
         print("(flagged results are not counted as correct; --count-flagged counts them)")
-    return 0
-
-
-def _cmd_run(args) -> int:
-    from kernels_eval.runner import RunConfig, run
-
-    cfg = RunConfig(
-        experiment_name=args.experiment_name, model_name=args.model_name, level=args.level, problems_dir=args.problems,
-        problems=args.problem or None, num_samples=args.num_samples, tts_strategy=args.tts_strategy,
-        tts_scorer=args.tts_scorer, tts_num_trajectories=args.tts_num_trajectories,
-        tts_candidates_per_step=args.tts_candidates_per_step, tts_beam_size=args.tts_beam_size,
-        tts_max_steps=args.tts_max_steps, tts_score_aggregation=args.tts_score_aggregation,
-        temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed, thinking=args.thinking,
-        device=args.device, tts_service_url=args.tts_service_url, verifier=args.verifier, out_dir=args.out_dir,
-        batch_size=args.batch_size, eval_options={"run_timeout": args.timeout},
-    )
-    path = run(cfg)
-    print(path)
     return 0
 
 
@@ -107,10 +102,13 @@ def _cmd_prompt(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extend=None) -> argparse.ArgumentParser:
+    """The parser; `extend(subparsers)` adds commands from outside this package (kaggle_kit's `run`)."""
     p = argparse.ArgumentParser(prog="kernels-eval", description="Evaluate model-written CUDA kernels.")
     p.add_argument("--version", action="version", version=f"kernels-eval {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    if extend is not None:
+        extend(sub)
 
     e = sub.add_parser("eval", help="evaluate one candidate (a ModelNew module, or a raw model response)")
     e.add_argument("problem")
@@ -124,37 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_eval)
 
-    r = sub.add_parser("report", help="metrics over a results JSONL")
+    r = sub.add_parser("report", help="metrics over a run's records (its folder or records.jsonl)")
     r.add_argument("results")
+    r.add_argument("--round", type=int, default=None, help="only this refinement round")
     r.add_argument("--count-flagged", action="store_true", help="count flagged (suspected cheat) results as correct")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_report)
-
-    run = sub.add_parser("run", help="generate with a TTS strategy and evaluate (KernelAct-style)")
-    run.add_argument("--model_name", default=None, help="model dir (local engine) or served model id (--tts_service_url)")
-    run.add_argument("--level", type=int, default=None)
-    run.add_argument("--problems", default=None, help="a directory of KernelBench problems (default: the bundled set)")
-    run.add_argument("--problem", action="append", help="only these problems (repeatable)")
-    run.add_argument("--experiment_name", required=True)
-    run.add_argument("--tts_strategy", default="offline_bon", choices=["offline_bon", "online_bon", "beam_search"])
-    run.add_argument("--tts_num_trajectories", type=int, default=4)
-    run.add_argument("--tts_scorer", default="entropy")
-    run.add_argument("--tts_candidates_per_step", type=int, default=4)
-    run.add_argument("--tts_beam_size", type=int, default=4)
-    run.add_argument("--tts_max_steps", type=int, default=50)
-    run.add_argument("--tts_score_aggregation", default="min")
-    run.add_argument("--num_samples", type=int, default=1)
-    run.add_argument("--temperature", type=float, default=0.6)
-    run.add_argument("--max_tokens", type=int, default=4096)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--thinking", action="store_true")
-    run.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
-    run.add_argument("--tts_service_url", default=None, help="generate through this OpenAI-compatible service")
-    run.add_argument("--verifier", choices=["uncertainty", "execution"], default="uncertainty")
-    run.add_argument("--out_dir", default="runs")
-    run.add_argument("--batch_size", type=int, default=8)
-    run.add_argument("--timeout", type=float, default=180.0)
-    run.set_defaults(func=_cmd_run)
 
     pr = sub.add_parser("problems", help="list problems")
     pr.add_argument("--dir", default=None)
@@ -169,11 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, extend=None, errors: tuple = ()) -> int:
+    args = build_parser(extend).parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, *errors) as e:
         print(f"kernels-eval: error: {e}", file=sys.stderr)
         return 2
 

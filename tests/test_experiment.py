@@ -1,4 +1,5 @@
-"""`kernels-eval run` / `report` / `eval`: resume after kill -9, execution verifier, CLIs."""
+"""The one kernel pipeline (kaggle_kit.experiment) behind notebook 02 and `kernels-eval run`:
+durable records, resume after kill -9, deadlines, the parallel evaluation pool."""
 import json
 import os
 import signal
@@ -10,89 +11,193 @@ from pathlib import Path
 import pytest
 
 from fake_servers import FakeServer
+from kernels_eval.pool import EvalPool
 from kernels_eval.problems import load_problems
-from kernels_eval.runner import Generated, RunConfig, _select_by_execution, read_records, run
+from kernels_eval.records import RecordStore
+from kernels_eval.evaluate import evaluate
+from test_kernels_eval import HOSTILE, py_candidate
+
+from kaggle_kit.config import ConfigError
+from kaggle_kit.experiment import ExperimentConfig, load_tables, run
 
 BIN = Path(sys.executable).parent
 # A candidate that is correct but reuses the reference (so it is flagged): quick, no build.
 REUSE = ("Here you go.\n\n```python\nimport sys\nclass ModelNew(sys.modules['kk_reference'].Model):\n    pass\n```\n")
+RELU = load_problems(names=["relu"])[0]
 
 
-def test_torn_last_line_is_dropped_and_repaired(tmp_path):
-    p = tmp_path / "r.jsonl"
-    p.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "tru')
-    assert [r["a"] for r in read_records(p)] == [1, 2]
-    read_records(p, repair=True)
-    assert p.read_text() == '{"a": 1}\n{"a": 2}\n'
+def records(path: Path):
+    store = RecordStore(path)
+    return list(store)
 
 
-def test_resume_after_kill_9(tmp_path):
-    with FakeServer("openai", respond=lambda body: REUSE) as srv:
-        cmd = [BIN / "kernels-eval", "run", "--tts_service_url", srv.url, "--model_name", "fake-model",
-               "--experiment_name", "resume", "--out_dir", str(tmp_path), "--device", "cpu", "--problem", "relu",
-               "--problem", "gelu", "--problem", "softmax", "--num_samples", "2", "--batch_size", "1",
-               "--tts_strategy", "online_bon"]
-        results = tmp_path / "resume" / "results.jsonl"
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+def test_torn_last_line_is_cut_and_whole_records_kept(tmp_path):
+    cfg = ExperimentConfig(experiment_name="t", out_dir=str(tmp_path), device="cpu")
+    from kaggle_kit.experiment.generate import Job, make_record as _record
+    from kernels_eval.records import Candidate
+
+    store = RecordStore(tmp_path / "r.jsonl")
+    rec = _record(cfg, Job(RELU, 0, []), [Candidate(0, "x")], 0, {}, [], 1.0)
+    store.append(rec)
+    whole = store.path.read_bytes()
+    with open(store.path, "ab") as f:
+        f.write(b'{"kind": "generated", "key": "torn')
+    again = RecordStore(store.path)  # opening repairs
+    assert again.path.read_bytes() == whole and [r.key for r in again] == [rec.key]
+
+
+def _cli(srv, tmp_path, *extra):
+    return [str(BIN / "kernels-eval"), "run", "--tts_service_url", srv.url, "--model_name", "fake-model",
+            "--experiment_name", "resume", "--out_dir", str(tmp_path), "--device", "cpu", "--problem", "relu",
+            "--problem", "gelu", "--problem", "softmax", "--num_samples", "2", "--batch_size", "1",
+            "--tts_strategy", "online_bon", "--trials", "2", *extra]
+
+
+def slow(seconds):
+    def respond(body):
+        time.sleep(seconds)
+        return REUSE
+    return respond
+
+
+def test_cli_resumes_after_kill_9(tmp_path):
+    path = tmp_path / "resume" / "records.jsonl"
+    with FakeServer("openai", respond=slow(0.5)) as srv:
+        proc = subprocess.Popen(_cli(srv, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(read_records(results)) < 2:
+        while time.monotonic() < deadline and (not path.exists() or len(path.read_bytes().splitlines()) < 3):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner and every evaluation subprocess
         proc.wait()
-        partial = read_records(results)
-        assert 2 <= len(partial) < 6
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        before = path.read_bytes()
+        before = before[: before.rfind(b"\n") + 1]  # what had been written whole
+        done = subprocess.run(_cli(srv, tmp_path), capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
-        records = read_records(results)
-        keys = [(r["problem"], r["sample"], r["strategy"]) for r in records]
-        assert len(records) == 6 and len(set(keys)) == 6  # nothing lost beyond the record in flight, nothing twice
-        assert records[: len(partial)] == partial  # finished records were kept as they were
-        assert all(r["eval"]["status"] == "correct" and "no_custom_kernel" in r["eval"]["flags"] for r in records)
+        assert "resuming" in done.stdout + done.stderr
         sent = srv.requests[-1]["body"]
         assert sent["tts_strategy"] == "online_bon" and sent["model"] == "fake-model" and "seed" in sent
-
-    report = subprocess.run([BIN / "kernels-eval", "report", str(results)], capture_output=True, text=True, check=True)
+    after = path.read_bytes()
+    assert after.startswith(before)  # nothing written before the kill was lost or changed
+    recs = records(path)
+    gen = [r.key for r in recs if r.kind == "generated"]
+    assert len(gen) == 6 == len(set(gen))  # each item generated once: no duplicates after the resume
+    gen_map, ev = RecordStore(path).latest()
+    assert set(ev) == set(gen_map) and all(e.complete for e in ev.values())
+    assert all(e.result.status.value == "correct" and "no_custom_kernel" in e.result.flags for e in ev.values())
+    report = subprocess.run([BIN / "kernels-eval", "report", str(path.parent)], capture_output=True, text=True, check=True)
     assert "fast_0       0 / 6" in report.stdout and "flag:no_custom_kernel=6" in report.stdout
-    counted = subprocess.run([BIN / "kernels-eval", "report", str(results), "--count-flagged", "--json"],
+    counted = subprocess.run([BIN / "kernels-eval", "report", str(path), "--count-flagged", "--json"],
                              capture_output=True, text=True, check=True)
     assert json.loads(counted.stdout)["fast_0"] == {"rate": 1.0, "num": 6, "den": 6}
 
 
-def test_execution_verifier_prefers_working_code_over_confidence():
-    cfg = RunConfig(experiment_name="x", device="cpu", verifier="execution", eval_options={"trials": 2})
-    relu = load_problems(names=["relu"])[0]
+def test_deadline_mid_run_stops_cleanly_and_the_rerun_completes(tmp_path):
+    with FakeServer("openai", respond=slow(1.0)) as srv:
+        stopped = subprocess.run(_cli(srv, tmp_path, "--deadline", "4s"), capture_output=True, text=True, timeout=600)
+        assert stopped.returncode == 3, stopped.stderr[-2000:]  # 3: stopped at the deadline
+        assert "deadline: stopped before" in stopped.stderr + stopped.stdout
+        assert "rerun the same command" in stopped.stderr + stopped.stdout
+        gen, ev = RecordStore(tmp_path / "resume" / "records.jsonl").latest()
+        assert 1 <= len(gen) < 6 and set(ev) <= set(gen)
+        done = subprocess.run(_cli(srv, tmp_path), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    gen2, ev2 = RecordStore(tmp_path / "resume" / "records.jsonl").latest()
+    assert len(gen2) == 6 and set(ev2) == set(gen2)
+    assert all(gen2[k].candidates == gen[k].candidates for k in gen)  # the first session's items kept as they were
+
+
+def test_changed_settings_are_refused(tmp_path):
+    with FakeServer("openai", respond=slow(0)) as srv:
+        first = subprocess.run(_cli(srv, tmp_path, "--num_samples", "1"), capture_output=True, text=True, timeout=600)
+        assert first.returncode == 0, first.stderr[-2000:]
+        other = _cli(srv, tmp_path, "--num_samples", "1")
+        other[other.index("online_bon")] = "beam_search"
+        refused = subprocess.run(other, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "strategy='beam_search' (the records have 'online_bon')" in refused.stderr
+
+
+def test_parallel_pool_gives_the_same_verdicts_as_serial(tmp_path):
+    cache = tmp_path / "cache"
+    sources = [py_candidate(forward, header) for forward, header, _, _ in HOSTILE] + [
+        py_candidate("        return torch.relu(x)"),  # pure torch: flagged no_custom_kernel
+        py_candidate("        return torch.relu(x)", header="import threading\nthreading.Thread(target=lambda: None).start()"),
+    ]
+    opts = dict(trials=2, iters=3, rounds=2, warmup=1, memory_limit_gb=4, cache_dir=cache)
+    serial = [evaluate(RELU, s, "cpu", **opts) for s in sources]
+    with EvalPool("cpu", workers=2, **opts) as pool:
+        futures = [pool.submit(RELU, s) for s in sources]
+        parallel = [f.result() for f in futures]
+        assert pool.submit(RELU, sources[0]) is futures[0]  # identical sources are evaluated once
+    assert [(r.status, sorted(r.flags)) for r in parallel] == [(r.status, sorted(r.flags)) for r in serial]
+    assert [h[2] for h in HOSTILE] == [r.status for r in parallel[: len(HOSTILE)]]
+
+
+def test_execution_verifier_prefers_working_code_over_confidence(tmp_path):
     wrong = REUSE.replace("    pass", "    def forward(self, x):\n        return x * 2.0")
-    gen = Generated(text="", tts={}, candidates=[("no code at all", 0.9), (wrong, 0.8), (REUSE, 0.1)])
-    cfg.eval_options["trials"] = 2
-    chosen, by_score, statuses = _select_by_execution(RunConfig(experiment_name="x", device="cpu", verifier="execution"), relu, gen)
-    assert by_score == 0 and statuses[0] == "no_code" and statuses[1] == "incorrect" and statuses[2] == "correct"
-    # the flagged-but-correct candidate still beats code that fails; nothing passes cleanly, so compiled+score decide
-    assert chosen in (1, 2)
+    answers = iter(["no code at all", wrong, REUSE])
 
+    from kaggle_kit.experiment.generate import Job, make_record as _record
+    from kaggle_kit.experiment.runner import Runner
+    from kernels_eval.records import Candidate
 
-def test_eval_cli_json(tmp_path):
-    relu = load_problems(names=["relu"])[0]
-    cand = tmp_path / "response.md"
-    cand.write_text(REUSE)
-    out = subprocess.run([BIN / "kernels-eval", "eval", str(relu.path), str(cand), "--device", "cpu", "--json", "--trials", "2"],
-                         capture_output=True, text=True, timeout=300)
-    data = json.loads(out.stdout)
-    for key in ("status", "compiled", "correct", "speedup", "runtime_ms", "ref_runtime_ms", "flags", "message", "provenance"):
-        assert key in data
-    assert data["status"] == "correct" and "no_custom_kernel" in data["flags"] and out.returncode == 0
-    assert data["provenance"]["device"] == "cpu" and data["provenance"]["timing"] == "perf_counter_ns"
-    cand.write_text("no code here")
-    out = subprocess.run([BIN / "kernels-eval", "eval", str(relu.path), str(cand), "--device", "cpu", "--json"],
-                         capture_output=True, text=True, timeout=300)
-    assert json.loads(out.stdout)["status"] == "no_code" and out.returncode == 1
+    cfg = ExperimentConfig(experiment_name="v", out_dir=str(tmp_path), device="cpu", verifier="execution", trials=2,
+                           problems=["relu"], service_url="http://unused")
+    runner = Runner(cfg, log=lambda m: None)
+    gen = _record(cfg, Job(RELU, 0, []), [Candidate(i, next(answers), s) for i, s in enumerate((0.9, 0.8, 0.1))],
+                  0, {}, [], 0.0)
+    try:
+        ev = runner.submit(gen).result()
+    finally:
+        runner.close()
+    sel = ev.selection
+    assert sel["uncertainty_choice"] == 0 and sel["candidate_statuses"] == ["no_code", "incorrect", "correct"]
+    assert ev.chosen == 2 and sel["chosen"] == 2  # the code that passes beats the confident non-answer
+    assert [e.timed for e in ev.evaluations] == [False, False, True]  # only the chosen one is timed
 
 
 @pytest.mark.vllm
-def test_run_with_the_local_engine(registered, tiny_model_dir, tmp_path):
-    cfg = RunConfig(experiment_name="local", model_name=tiny_model_dir, device="cpu", problems=["relu"], num_samples=1,
-                    tts_strategy="offline_bon", tts_num_trajectories=2, max_tokens=48, out_dir=str(tmp_path))
-    path = run(cfg, progress=False)
-    (rec,) = read_records(path)
-    assert rec["problem"] == "01_relu" and rec["tts"]["usage"]["engine_calls"] == 1
-    assert rec["parse_status"] in ("no_code", "syntax_error", "no_modelnew", "ok") and rec["response"] is not None
+def test_local_engine_run_and_its_tables(registered, tiny_model_dir, tmp_path):
+    cfg = ExperimentConfig(experiment_name="local", out_dir=str(tmp_path), model=tiny_model_dir, device="cpu",
+                           problems=["relu", "softmax"], strategy="beam_search", beam_size=2, candidates_per_step=2,
+                           max_steps=3, max_tokens=48, trials=2, batch_size=2)
+    out = run(cfg, progress=False, log=lambda m: None)
+    assert out.generated == 2 and out.evaluated == 2 and not out.stopped_early
+    t = load_tables(cfg.folder)
+    assert list(t.results["problem"]) == ["01_relu", "05_softmax"]
+    assert (t.results["usage_engine_calls"] >= 1).all() and t.results["eval_evaluated"].all()
+    assert len(t.candidates) == t.results["num_candidates"].sum() and len(t.steps) > 0
+    assert set(t.steps["key"]) == set(t.results["key"])
+    assert t.summary["items"] == 2 and t.summary["evaluated"] == 2
+
+
+@pytest.mark.vllm
+def test_notebook_path_resumes_after_kill_9(tmp_path, tiny_model_dir):
+    """Notebook 02 run by papermill in its own kernel, killed mid-run, then run again."""
+    from kaggle_kit.workflow import notebooks
+
+    out = tmp_path / "nb"
+    params = {"tiny": True, "tiny_dir": tiny_model_dir, "problems": "relu,gelu,softmax,layer_norm", "strategy": "online_bon",
+              "candidates_per_step": 2, "max_steps": 2, "tts_max_tokens": 48, "batch_size": 1, "evaluate": True}
+    script = (f"from kaggle_kit.workflow.notebooks import run_notebooks\n"
+              f"run_notebooks({params!r}, {str(out)!r}, stages=['02_tts_kernels.ipynb'], progress_bar=False)\n")
+    path = out / "records.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and (not path.exists() or len(path.read_bytes().splitlines()) < 2):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = path.read_bytes()
+    before = before[: before.rfind(b"\n") + 1]
+    gen_before, _ = RecordStore(path).latest()
+    assert 1 <= len(gen_before) < 4
+    notebooks.run_notebooks(params, out, stages=["02_tts_kernels.ipynb"], progress_bar=False)
+    assert path.read_bytes().startswith(before)
+    gen, ev = RecordStore(path).latest()
+    keys = [r.key for r in RecordStore(path) if r.kind == "generated"]
+    assert len(gen) == 4 == len(keys) and set(ev) == set(gen)
+    assert (out / "results.csv").exists()

@@ -132,7 +132,7 @@ def sweep(spec: dict | str | Path, out_dir: str | Path | None = None, progress: 
     import yaml
     from tqdm.auto import tqdm
 
-    from kaggle_kit.pipeline import load_run
+    from kaggle_kit.experiment import load_run
 
     if not isinstance(spec, dict):
         spec = yaml.safe_load(Path(spec).read_text())
