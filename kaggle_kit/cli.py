@@ -98,8 +98,9 @@ def _cmd_serve(args) -> int:
     kk.ensure_model(args.model, **({"max_model_len": args.max_model_len} if args.max_model_len else {}))
     print(f"serving on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     kk.serve(port=args.port, host=args.host, api_key=args.api_key or os.environ.get("KK_API_KEY"),
-             served_model_name=args.served_model_name, clamp_max_tokens=args.clamp_max_tokens,
-             max_active=args.max_concurrent, block=True, log_level="info" if args.verbose else "warning")
+             served_model_name=args.served_model_name, strict=args.strict,
+             limits={"max_sequences": args.max_sequences, "max_steps": args.max_steps, "max_kv_tokens": args.max_kv_tokens},
+             slots=args.slots, interactive_share=args.interactive_share, max_active=args.max_concurrent, block=True, log_level="info" if args.verbose else "warning")
     return 0
 
 
@@ -227,10 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="default: loopback only")
     sv.add_argument("--port", type=int, default=8001)
     sv.add_argument("--api-key", default=None, help="require this bearer key (or set KK_API_KEY)")
-    sv.add_argument("--served-model-name", default=None, help="the model id clients send (default: the model dir's name)")
+    sv.add_argument("--served-model-name", default=None,
+                    help="the model id /v1/models lists (default: from the model's config or the Kaggle model path)")
     sv.add_argument("--max-model-len", type=int, default=None)
-    sv.add_argument("--clamp-max-tokens", action="store_true",
-                    help="shrink max_tokens to fit the window instead of answering 400 (for clients that send huge values)")
+    sv.add_argument("--strict", action="store_true",
+                    help="404 for another model id, 400 for max_tokens over the window (default: serve, and report "
+                         "the change in kk_adjustments and the X-KK-Adjusted header)")
+    sv.add_argument("--max-sequences", type=int, default=None, help="sequences one request may keep in flight (64)")
+    sv.add_argument("--max-steps", type=int, default=None, help="tts_max_steps limit (1000)")
+    sv.add_argument("--max-kv-tokens", type=int, default=None,
+                    help="KV-cache tokens one request may need (default: the engine's KV cache)")
+    sv.add_argument("--slots", type=int, default=None, help="sequences in the engine at once (default: from its KV cache)")
+    sv.add_argument("--interactive-share", type=int, default=1,
+                    help="sequences each TTS request keeps while plain requests wait (default 1)")
     sv.add_argument("--max-concurrent", type=int, default=32)
     sv.set_defaults(func=_cmd_serve)
 

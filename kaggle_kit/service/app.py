@@ -1,4 +1,4 @@
-"""The OpenAI-compatible app: /v1/chat/completions with tts_* fields, /v1/models, /health.
+"""The OpenAI-compatible app: /v1/chat/completions with tts_* fields, /v1/models, /health, /metrics.
 
 What each request streams (stream=true):
   plain generation  tokens as the engine produces them;
@@ -7,26 +7,40 @@ What each request streams (stream=true):
                     late: beams diverge early), the rest when the search ends;
   offline_bon       the whole chosen answer when the search ends.
 Thinking text (enable_thinking) goes to `reasoning_content`, never `content`.
+
+Requests as clients send them (their own model id, max_tokens 8000 or 16000 against a
+5120-token window) are served by default: the server substitutes its model and shrinks
+max_tokens, and says so in `kk_adjustments` (and `tts_metadata.adjustments`) and the
+`X-KK-Adjusted` header. `strict=True` (`--strict`) answers 404 and 400 instead.
+Every request's work is checked against `Limits` before it starts.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from typing import Callable
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from kaggle_kit.chat.messages import prompt_ids, split_thinking, validate_messages
 from kaggle_kit.engine.types import SamplingSpec
+from kaggle_kit.service import limits as limits_mod
 from kaggle_kit.service.errors import ApiError, install
-from kaggle_kit.service.schemas import ChatCompletionRequest
+from kaggle_kit.service.metrics import ServiceMetrics
+from kaggle_kit.service.naming import default_served_name
+from kaggle_kit.service.schemas import (Adjustment, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
+                                        ChunkChoice, ChunkDelta, ModelCard, ModelList, ResponseMessage, TTSMetadata,
+                                        Usage, wire)
 from kaggle_kit.service.worker import Busy, EngineWorker, Event, Job
 from kaggle_kit.tts.params import TTSParams
 from kaggle_kit.tts.results import CompletionReason, StrategyResult
 from kaggle_kit.tts.search import Search
+
+log = logging.getLogger(__name__)
 
 
 def _registered_engine():
@@ -37,13 +51,18 @@ def _registered_engine():
 
 class ServiceState:
     def __init__(self, engine_provider: Callable, api_key: str | None, served_model_name: str | None,
-                 clamp_max_tokens: bool, max_active: int, max_queued: int):
+                 strict: bool, max_active: int, max_queued: int, limits: dict | None, slots: int | None,
+                 interactive_share: int):
         self.engine_provider = engine_provider
         self.api_key = api_key
         self.served_model_name = served_model_name
-        self.clamp_max_tokens = clamp_max_tokens
+        self.strict = strict
         self.max_active, self.max_queued = max_active, max_queued
+        self.limit_overrides = limits or {}
+        self.slots, self.interactive_share = slots, interactive_share
+        self.metrics = ServiceMetrics()
         self.worker: EngineWorker | None = None
+        self.limits: limits_mod.Limits | None = None
 
     def engine(self):
         engine = self.engine_provider()
@@ -53,11 +72,13 @@ class ServiceState:
         if self.worker is None or self.worker.engine is not engine:  # first use, or the model was swapped
             if self.worker is not None:
                 self.worker.stop()
-            self.worker = EngineWorker(engine, self.max_active, self.max_queued)
+            self.worker = EngineWorker(engine, self.max_active, self.max_queued, slots=self.slots,
+                                       interactive_share=self.interactive_share, metrics=self.metrics)
+            self.limits = limits_mod.Limits.for_engine(engine, **self.limit_overrides)
         return engine
 
     def model_name(self, engine) -> str:
-        return self.served_model_name or os.path.basename(engine.model_name.rstrip("/")) or engine.model_name
+        return self.served_model_name or default_served_name(engine.model_name)
 
     def shutdown(self) -> None:
         if self.worker is not None:
@@ -65,15 +86,20 @@ class ServiceState:
 
 
 def create_app(engine_provider: Callable | None = None, api_key: str | None = None,
-               served_model_name: str | None = None, clamp_max_tokens: bool = False,
-               max_active: int = 32, max_queued: int = 64, subchat_store=None, subchat_client=None) -> FastAPI:
+               served_model_name: str | None = None, strict: bool = False, max_active: int = 32,
+               max_queued: int = 64, subchat_store=None, subchat_client=None, limits: dict | None = None,
+               slots: int | None = None, interactive_share: int = 1) -> FastAPI:
     """The app; the engine comes from `engine_provider()` (default: the registered model).
 
-    /api serves the subchat from `subchat_store` (a path or a store; default
-    `kk.subchat.open_store()`) with `subchat_client` (default: the backend chain).
+    strict: refuse another model name (404) and a max_tokens over the window (400)
+    instead of serving them with the adjustment reported. limits: overrides for
+    `Limits` (max_sequences, max_steps, max_kv_tokens). slots / interactive_share:
+    see `EngineWorker`. /api serves the subchat from `subchat_store` (a path or a store;
+    default `kk.subchat.open_store()`) with `subchat_client` (default: the backend chain).
     """
-    state = ServiceState(engine_provider or _registered_engine, api_key if api_key is not None else os.environ.get("KK_API_KEY") or None,
-                         served_model_name, clamp_max_tokens, max_active, max_queued)
+    state = ServiceState(engine_provider or _registered_engine,
+                         api_key if api_key is not None else os.environ.get("KK_API_KEY") or None,
+                         served_model_name, strict, max_active, max_queued, limits, slots, interactive_share)
     app = FastAPI(title="kaggle_kit TTS service", version="1")
     app.state.kk = state
     install(app)
@@ -111,25 +137,52 @@ def create_app(engine_provider: Callable | None = None, api_key: str | None = No
         active, queued = state.worker.load if state.worker else (0, 0)
         return {"status": "ok", "model": state.model_name(engine), "active": active, "queued": queued}
 
+    @app.get("/metrics")
+    def metrics():
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
     @app.get("/v1/models", dependencies=[Depends(auth)])
     def models():
         engine = state.engine()
-        return {"object": "list", "data": [{"id": state.model_name(engine), "object": "model", "created": 0,
-                                            "owned_by": "kaggle_kit", "max_model_len": engine.max_model_len}]}
+        card = ModelCard(id=state.model_name(engine), max_model_len=engine.max_model_len,
+                         kv_cache_tokens=getattr(engine, "kv_cache_tokens", None))
+        return wire(ModelList(data=[card]))
 
     @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
+        started = time.perf_counter()
+        strategy = body.tts_strategy or "plain"
+        try:
+            response = await _chat(body, request)
+        except ApiError as e:
+            state.metrics.requests.labels(str(e.status), strategy).inc()
+            raise
+        if not isinstance(response, StreamingResponse):
+            state.metrics.requests.labels("200", strategy).inc()
+            state.metrics.latency.labels(strategy).observe(time.perf_counter() - started)
+        return response
+
+    async def _chat(body: ChatCompletionRequest, request: Request):
         engine = state.engine()
         name = state.model_name(engine)
+        adjustments: list[Adjustment] = []
         if body.model not in (name, engine.model_name):
-            raise ApiError(404, f"model {body.model!r} is not served here; this server serves {name!r}",
-                           type="not_found_error", param="model", code="model_not_found")
+            if state.strict:
+                raise ApiError(404, f"model {body.model!r} is not served here; this server serves {name!r}",
+                               type="not_found_error", param="model", code="model_not_found")
+            adjustments.append(Adjustment(field="model", requested=body.model, used=name,
+                                          reason="this server serves one model; the request's model id is not checked "
+                                                 "(start the server with --strict to refuse it)"))
         try:
             msgs = validate_messages([m.as_chat() for m in body.messages])
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param="messages") from None
         ids = prompt_ids(engine.tokenizer, msgs, body.enable_thinking)
-        max_tokens = _check_context(len(ids), body.requested_max_tokens, engine.max_model_len, state.clamp_max_tokens)
+        max_tokens = _check_context(len(ids), body.requested_max_tokens, engine.max_model_len, not state.strict)
+        if body.requested_max_tokens is not None and max_tokens != body.requested_max_tokens:
+            adjustments.append(Adjustment(
+                field="max_tokens", requested=body.requested_max_tokens, used=max_tokens,
+                reason=f"the window is {engine.max_model_len} tokens and the prompt takes {len(ids)}"))
         loop = asyncio.get_running_loop()
         if body.tts_strategy is None:
             spec = SamplingSpec(
@@ -142,17 +195,22 @@ def create_app(engine_provider: Callable | None = None, api_key: str | None = No
                 params = TTSParams.of(max_tokens=max_tokens, **body.tts_params())
             except (TypeError, ValueError) as e:
                 raise ApiError(400, str(e), param=_param_of(str(e))) from None
+            limits_mod.check(state.limits, params, len(ids))
             job = Job(loop, ids, stream=body.stream, search=Search(ids, params, engine.max_model_len, engine.eos_token_ids))
         try:
             state.worker.submit(job)
         except Busy as e:
             raise ApiError(429, str(e), type="rate_limit_error", code="server_busy") from None
         meta = {"id": f"chatcmpl-{job.id}", "created": int(time.time()), "model": name}
+        headers = {"X-Request-Id": job.id}
+        if adjustments:
+            headers["X-KK-Adjusted"] = ",".join(a.field for a in adjustments)
+            log.info("[%s] adjusted: %s", job.id, "; ".join(f"{a.field} {a.requested!r} -> {a.used!r}" for a in adjustments))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(job, state.worker, meta, len(ids), include_usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await _complete(job, state.worker, meta, len(ids), request)
+            return StreamingResponse(_sse(job, state, meta, len(ids), include_usage, adjustments),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
+        return await _complete(job, state.worker, meta, len(ids), request, adjustments, headers)
 
     return app
 
@@ -189,20 +247,21 @@ def _finish_reason(result: StrategyResult) -> str:
     return "length"
 
 
-def _tts_metadata(result: StrategyResult) -> dict:
+def _tts_metadata(result: StrategyResult, adjustments: list[Adjustment]) -> TTSMetadata:
     data = result.to_dict()
-    return {k: data[k] for k in ("strategy", "scorer", "aggregated_score", "completion_reason", "steps",
-                                 "candidates", "usage", "elapsed_s")}
+    return TTSMetadata(**{k: data[k] for k in ("strategy", "scorer", "aggregated_score", "completion_reason", "steps",
+                                               "candidates", "usage", "elapsed_s")}, adjustments=adjustments)
 
 
-def _payload(done: dict | StrategyResult) -> tuple[dict, str, dict | None]:
-    """(message fields, finish_reason, tts_metadata) of a finished job."""
+def _payload(done: dict | StrategyResult, adjustments: list[Adjustment]) -> tuple[ResponseMessage, str, TTSMetadata | None]:
+    """(message, finish_reason, tts_metadata) of a finished job."""
     if isinstance(done, StrategyResult):
         thinking, answer = split_thinking(done.text)
-        return {"content": answer, "reasoning_content": thinking or None}, _finish_reason(done), _tts_metadata(done)
+        return (ResponseMessage(content=answer, reasoning_content=thinking or None), _finish_reason(done),
+                _tts_metadata(done, adjustments))
     thinking, answer = split_thinking(done.get("text", ""))
     reasoning = done.get("thinking") or thinking
-    return {"content": answer, "reasoning_content": reasoning or None}, done["finish_reason"] or "stop", None
+    return ResponseMessage(content=answer, reasoning_content=reasoning or None), done["finish_reason"] or "stop", None
 
 
 def _completion_tokens(done: dict | StrategyResult) -> int:
@@ -219,7 +278,8 @@ async def _next(job: Job, request: Request | None) -> Event:
                 raise asyncio.CancelledError()
 
 
-async def _complete(job: Job, worker: EngineWorker, meta: dict, prompt_tokens: int, request: Request):
+async def _complete(job: Job, worker: EngineWorker, meta: dict, prompt_tokens: int, request: Request,
+                    adjustments: list[Adjustment], headers: dict):
     try:
         while True:
             ev = await _next(job, request)
@@ -231,15 +291,11 @@ async def _complete(job: Job, worker: EngineWorker, meta: dict, prompt_tokens: i
         worker.cancel(job)
         raise
     done = ev.payload
-    message, finish, tts = _payload(done)
-    completion_tokens = _completion_tokens(done)
-    body = {**meta, "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish, "logprobs": None}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
-    if tts is not None:
-        body["tts_metadata"] = tts
-    return JSONResponse(body)
+    message, finish, tts = _payload(done, adjustments)
+    body = ChatCompletion(**meta, choices=[Choice(message=message, finish_reason=finish)],
+                          usage=Usage.of(prompt_tokens, _completion_tokens(done)), tts_metadata=tts,
+                          kk_adjustments=adjustments or None)
+    return JSONResponse(wire(body), headers=headers)
 
 
 def _as_api_error(exc) -> ApiError:
@@ -252,39 +308,42 @@ def _as_api_error(exc) -> ApiError:
     return ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error")
 
 
-def _chunk(meta: dict, delta: dict, finish: str | None = None, **extra) -> str:
-    body = {**meta, "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
-    return f"data: {json.dumps(body)}\n\n"
+def _event(chunk: ChatCompletionChunk) -> str:
+    return f"data: {json.dumps(wire(chunk))}\n\n"
 
 
-async def _sse(job: Job, worker: EngineWorker, meta: dict, prompt_tokens: int, include_usage: bool):
+async def _sse(job: Job, state: ServiceState, meta: dict, prompt_tokens: int, include_usage: bool,
+               adjustments: list[Adjustment]):
     """OpenAI chat.completion.chunk events; closing the connection cancels the job."""
     finished = False
+    status = "200"
     try:
-        yield _chunk(meta, {"role": "assistant", "content": ""})
+        yield _event(ChatCompletionChunk(**meta, choices=[ChunkChoice(delta=ChunkDelta(role="assistant", content=""))]))
         while True:
             ev = await job.events.get()
             if ev.kind == "delta":
-                yield _chunk(meta, {"content": ev.text})
+                yield _event(ChatCompletionChunk(**meta, choices=[ChunkChoice(delta=ChunkDelta(content=ev.text))]))
             elif ev.kind == "error":
                 finished = True
                 err = _as_api_error(ev.payload)
+                status = str(err.status)
                 yield f"data: {json.dumps(err.body())}\n\n"
                 break
             else:
                 finished = True
                 done = ev.payload
-                message, finish, tts = _payload(done)
-                delta = {"reasoning_content": message["reasoning_content"]} if message.get("reasoning_content") else {}
-                extra = {"tts_metadata": tts} if tts is not None else {}
-                yield _chunk(meta, delta, finish, **extra)
+                message, finish, tts = _payload(done, adjustments)
+                delta = ChunkDelta(reasoning_content=message.reasoning_content)
+                yield _event(ChatCompletionChunk(**meta, choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+                                                 tts_metadata=tts, kk_adjustments=adjustments or None))
                 if include_usage:
-                    n = _completion_tokens(done)
-                    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
-                    yield f"data: {json.dumps({**meta, 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage})}\n\n"
+                    usage = Usage.of(prompt_tokens, _completion_tokens(done))
+                    yield _event(ChatCompletionChunk(**meta, choices=[], usage=usage))
                 break
         yield "data: [DONE]\n\n"
     finally:
         if not finished:
-            worker.cancel(job)  # the client went away mid-stream: stop its work
+            status = "499"
+            state.worker.cancel(job)  # the client went away mid-stream: stop its work
+        state.metrics.requests.labels(status, job.strategy).inc()
+        state.metrics.latency.labels(job.strategy).observe(time.perf_counter() - job.start)

@@ -93,3 +93,129 @@ class ChatCompletionRequest(BaseModel):
             out["stop"] = tuple(self.stop)
         out["enable_thinking"] = self.enable_thinking
         return out
+
+
+# -- responses (typed; `wire()` turns them into the JSON clients get) ----------------------------
+
+class Adjustment(BaseModel):
+    """Something the server changed in a request instead of refusing it (lenient mode)."""
+    field: str
+    requested: Union[str, int, float, None]
+    used: Union[str, int, float, None]
+    reason: str
+
+
+class TTSStep(BaseModel):
+    depth: int
+    text: str
+    score: float | None
+    uncertainty: float | None
+    num_tokens: int
+    finish: str
+    final_continuation: bool
+
+
+class TTSCandidate(BaseModel):
+    text: str
+    aggregated_score: float | None
+    completion_reason: str
+    num_steps: int
+    chosen: bool
+
+
+class TTSMetadata(BaseModel):
+    strategy: str
+    scorer: str
+    aggregated_score: float | None
+    completion_reason: str
+    steps: list[TTSStep]
+    candidates: list[TTSCandidate]
+    usage: dict[str, int]
+    elapsed_s: float
+    adjustments: list[Adjustment] = Field(default_factory=list)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt: int, completion: int) -> "Usage":
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    reasoning_content: str | None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    tts_metadata: TTSMetadata | None = None
+    kk_adjustments: list[Adjustment] | None = None
+
+
+class ChunkDelta(BaseModel):
+    role: str | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    tts_metadata: TTSMetadata | None = None
+    kk_adjustments: list[Adjustment] | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "kaggle_kit"
+    max_model_len: int
+    kv_cache_tokens: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+_OPTIONAL = ("tts_metadata", "kk_adjustments", "usage", "reasoning_content", "role", "content", "kv_cache_tokens")
+
+
+def wire(model: BaseModel) -> dict:
+    """The JSON form: extension fields and unset delta parts left out when empty, OpenAI's own kept (null)."""
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if not (k in _OPTIONAL and v in (None, []))}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+    return clean(model.model_dump())

@@ -30,13 +30,17 @@ class ServerHandle:
 
 
 def serve(port: int = 8001, host: str = "127.0.0.1", *, api_key: str | None = None,
-          served_model_name: str | None = None, clamp_max_tokens: bool = False, max_active: int = 32,
+          served_model_name: str | None = None, strict: bool = False, max_active: int = 32,
           max_queued: int = 64, block: bool = False, log_level: str = "warning", engine_provider=None,
-          subchat_store=None, subchat_client=None):
+          subchat_store=None, subchat_client=None, limits: dict | None = None, slots: int | None = None,
+          interactive_share: int = 1):
     """Serve the registered model (or `engine_provider()`) over OpenAI's API.
 
     Binds loopback unless told otherwise; `api_key` (or $KK_API_KEY) turns on
-    bearer auth. Returns a handle with `.url` and `.stop()` unless `block=True`.
+    bearer auth. strict: 404 for another model id and 400 for a max_tokens over the
+    window, instead of serving and reporting the adjustment. limits: overrides of
+    `kaggle_kit.service.limits.Limits`. Returns a handle with `.url` and `.stop()`
+    unless `block=True`.
     """
     import uvicorn
 
@@ -44,8 +48,9 @@ def serve(port: int = 8001, host: str = "127.0.0.1", *, api_key: str | None = No
 
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the model", host)
-    app = create_app(engine_provider, api_key, served_model_name, clamp_max_tokens, max_active, max_queued,
-                     subchat_store=subchat_store, subchat_client=subchat_client)
+    app = create_app(engine_provider, api_key, served_model_name, strict, max_active, max_queued,
+                     subchat_store=subchat_store, subchat_client=subchat_client, limits=limits, slots=slots,
+                     interactive_share=interactive_share)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     if block:

@@ -1,17 +1,34 @@
 """One thread owns the engine and drives it step by step for every live request.
 
-Each request is a job: plain generation (one vLLM request) or a TTS strategy (the
-same generator `kk.run_strategy` runs). All jobs' vLLM requests are in flight
-together, so concurrent requests share engine steps (continuous batching) and a
-strategy's next round is queued as soon as its own round finishes. The asyncio
+Each request is a job: plain generation (one sequence) or a TTS strategy (the same
+generator `kk.run_strategy` runs; every round is a set of single-sample sequences).
+Jobs' sequences wait in per-job queues; before every engine step the scheduler decides
+which of them are in the engine:
+
+- the engine holds at most `slots` sequences (default: what its KV cache holds at full
+  length);
+- plain requests (interactive: one sequence, a person or a client waiting on it) are
+  always let in;
+- TTS jobs share the remaining slots equally; while any interactive request is in
+  flight (and for `grace_s` after the last one, so back-to-back small requests do not
+  each wait for the big jobs to fill the engine again), each keeps only
+  `interactive_share` sequences (default 1) and its extra ones are paused: aborted and
+  queued again (every sample has its own seed, so a paused sample is regenerated
+  exactly). A small request then waits for a few sequences, not for a maximal
+  request's whole width.
+
+The engine is driven only through the Engine seam (`add`, `step`, `abort`), so this
+scheduling is unit-tested with the scripted engine as well as run on vLLM. The asyncio
 side never blocks: it hands jobs over and reads their events from a queue.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -24,6 +41,7 @@ from kaggle_kit.tts.strategies import STRATEGY_FUNCS, build_result
 
 log = logging.getLogger(__name__)
 _job_ids = itertools.count()
+_run = os.urandom(3).hex()  # request ids stay unique across restarts of the process
 
 
 class Busy(RuntimeError):
@@ -32,7 +50,7 @@ class Busy(RuntimeError):
 
 @dataclasses.dataclass
 class Event:
-    kind: str  # "delta" (text), "done" (payload: dict), "error" (payload: exception)
+    kind: str  # "delta" (text), "done" (payload: dict or StrategyResult), "error" (payload: exception)
     text: str = ""
     payload: Any = None
 
@@ -40,13 +58,16 @@ class Event:
 class Job:
     def __init__(self, loop: asyncio.AbstractEventLoop, prompt_ids, *, stream: bool,
                  spec: SamplingSpec | None = None, search: Search | None = None):
-        self.id = f"kk{next(_job_ids)}-{int(time.time() * 1000) % 100000}"
+        self.id = f"{_run}{next(_job_ids):05d}"
         self.loop, self.prompt_ids, self.stream = loop, tuple(prompt_ids), stream
         self.spec, self.search = spec, search
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = threading.Event()
         self.start = time.perf_counter()
-        self.rids: set[str] = set()
+        self.rids: set[str] = set()  # sequences in the engine
+        self.pending: collections.deque = collections.deque()  # (rid, prompt_ids, spec, stream) waiting for a slot
+        self.requests: dict[str, tuple] = {}  # rid -> (prompt_ids, spec, stream): what a paused sequence needs
+        self.paused = 0
         # plain generation
         self.tokens = 0
         self.splitter = ThinkSplitter()
@@ -61,17 +82,33 @@ class Job:
     def is_tts(self) -> bool:
         return self.search is not None
 
+    @property
+    def strategy(self) -> str:
+        return self.search.p.strategy if self.search is not None else "plain"
+
     def post(self, event: Event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
+def default_slots(engine) -> int:
+    """Sequences the engine holds at once: what its KV cache holds at full length (4..64)."""
+    kv = getattr(engine, "kv_cache_tokens", None) or 0
+    return max(4, min(64, kv // max(1, engine.max_model_len))) if kv else 16
+
+
 class EngineWorker:
-    def __init__(self, engine, max_active: int = 32, max_queued: int = 64):
+    def __init__(self, engine, max_active: int = 32, max_queued: int = 64, slots: int | None = None,
+                 interactive_share: int = 1, metrics=None, grace_s: float = 0.5):
         self.engine = engine
         self.max_active, self.max_queued = max_active, max_queued
+        self.slots = slots or default_slots(engine)
+        self.interactive_share = max(0, interactive_share)
+        self.grace_s = grace_s
+        self._last_interactive = float("-inf")
+        self.metrics = metrics
         self.incoming: queue.Queue[Job] = queue.Queue()
         self.active: dict[str, Job] = {}
-        self.owner: dict[str, Job] = {}  # vLLM request id -> job
+        self.owner: dict[str, Job] = {}  # engine request id -> job
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._holding = False
@@ -115,7 +152,11 @@ class EngineWorker:
                     self._holding = True
                 self._admit()
                 self._reap_cancelled()
+                self._schedule()
+                self._gauges()
                 if not self.owner:
+                    self._wake.wait(0.01)
+                    self._wake.clear()
                     continue
                 try:
                     events = self.engine.step()
@@ -130,7 +171,7 @@ class EngineWorker:
                         try:
                             self._route(job, ev)
                         except Exception as e:
-                            log.exception("job %s failed", job.id)
+                            log.exception("[%s] failed while routing engine output", job.id)
                             self._fail(job, e)
         finally:
             for job in list(self.active.values()):
@@ -144,6 +185,14 @@ class EngineWorker:
             self.engine.lock.release()
             self._holding = False
 
+    def _gauges(self) -> None:
+        m = self.metrics
+        if m is not None:
+            m.queue_depth.set(self.incoming.qsize())
+            m.active_requests.set(len(self.active))
+            m.active_sequences.set(len(self.owner))
+            m.pending_sequences.set(sum(len(j.pending) for j in self.active.values()))
+
     def _admit(self) -> None:
         while len(self.active) < self.max_active and not self.incoming.empty():
             job = self.incoming.get_nowait()
@@ -151,20 +200,70 @@ class EngineWorker:
                 job.post(Event("error", payload=asyncio.CancelledError()))
                 continue
             self.active[job.id] = job
+            log.info("[%s] started: %s, %d prompt tokens", job.id, job.strategy, len(job.prompt_ids))
             try:
                 if job.is_tts:
                     job.gen = STRATEGY_FUNCS[job.search.p.strategy](job.search, self.engine.tokenizer)
                     self._advance(job, None)
                 else:
-                    self._add(job, job.id, job.prompt_ids, job.spec, stream=job.stream)
+                    self._queue(job, job.id, job.prompt_ids, job.spec, job.stream)
             except Exception as e:
-                log.exception("job %s failed to start", job.id)
+                log.exception("[%s] failed to start", job.id)
                 self._fail(job, e)
 
-    def _add(self, job: Job, rid: str, prompt_ids, spec: SamplingSpec, stream: bool = False) -> None:
+    # -- slots ------------------------------------------------------------------------
+    def _queue(self, job: Job, rid: str, prompt_ids, spec: SamplingSpec, stream: bool = False, front=False) -> None:
+        item = (rid, tuple(prompt_ids), spec, stream)
+        job.pending.appendleft(item) if front else job.pending.append(item)
+
+    def _add(self, job: Job, item) -> None:
+        rid, prompt_ids, spec, stream = item
         self.engine.add(rid, prompt_ids, spec, stream=stream)
         self.owner[rid] = job
         job.rids.add(rid)
+        job.requests[rid] = (prompt_ids, spec, stream)
+
+    def _schedule(self) -> None:
+        interactive = [j for j in self.active.values() if not j.is_tts]
+        big = [j for j in self.active.values() if j.is_tts]
+        for j in interactive:  # always let in: one sequence each
+            while j.pending:
+                self._add(j, j.pending.popleft())
+        if not big:
+            return
+        in_use = sum(len(j.rids) for j in interactive)
+        now = time.monotonic()
+        if any(j.rids for j in interactive):
+            self._last_interactive = now
+        waiting = now - self._last_interactive < self.grace_s
+        quota = self.interactive_share if waiting else max(1, (self.slots - in_use) // len(big))
+        for j in big:
+            if waiting:
+                self._pause(j, len(j.rids) - quota)
+        free = self.slots - sum(len(j.rids) for j in self.active.values())
+        for j in sorted(big, key=lambda j: len(j.rids)):  # the job with the fewest sequences first
+            while len(j.rids) < quota and j.pending and (free > 0 or not j.rids):
+                self._add(j, j.pending.popleft())
+                free -= 1
+
+    def _pause(self, job: Job, n: int) -> None:
+        """Take the job's `n` newest sequences out of the engine; they run again later, from the start."""
+        if n <= 0:
+            return
+        victims = sorted(job.rids)[-n:]
+        self.engine.abort(victims)
+        for rid in reversed(victims):
+            job.rids.discard(rid)
+            self.owner.pop(rid, None)
+            prompt_ids, spec, stream = job.requests.pop(rid)
+            new = f"{rid.split('~')[0]}~{job.paused}"  # the engine must see a fresh id
+            job.paused += 1
+            if rid in job.slots:
+                job.slots[new] = job.slots.pop(rid)
+            self._queue(job, new, prompt_ids, spec, stream, front=True)
+        if self.metrics is not None:
+            self.metrics.preemptions.inc(n)
+        log.info("[%s] paused %d sequence(s) for interactive requests", job.id, n)
 
     def _reap_cancelled(self) -> None:
         for job in [j for j in self.active.values() if j.cancelled.is_set()]:
@@ -173,21 +272,27 @@ class EngineWorker:
             if job.gen is not None:
                 job.gen.close()
             job.post(Event("error", payload=asyncio.CancelledError()))
-            log.info("job %s cancelled by the client", job.id)
+            log.info("[%s] cancelled by the client", job.id)
 
     def _drop(self, job: Job) -> None:
         for rid in job.rids:
             self.owner.pop(rid, None)
         job.rids.clear()
+        job.pending.clear()
         self.active.pop(job.id, None)
 
     def _fail(self, job: Job, exc: Exception) -> None:
         self.engine.abort(sorted(job.rids))
         self._drop(job)
+        log.info("[%s] failed: %s", job.id, exc)
         job.post(Event("error", payload=exc))
 
     # -- routing engine output ---------------------------------------------------
     def _route(self, job: Job, ev) -> None:
+        if self.metrics is not None:
+            n = len(ev.token_ids) if job.stream and not job.is_tts else (
+                ev.completion.num_tokens if ev.finished and ev.completion is not None else 0)
+            self.metrics.generated_tokens.inc(n)
         if not job.is_tts:
             return self._route_plain(job, ev)
         if not ev.finished:
@@ -196,6 +301,7 @@ class EngineWorker:
         job.outs[i][k] = ev.completion
         self.owner.pop(ev.request_id, None)
         job.rids.discard(ev.request_id)
+        job.requests.pop(ev.request_id, None)
         if not job.slots:  # the whole round is back
             self._advance(job, job.outs)
 
@@ -208,6 +314,7 @@ class EngineWorker:
         if not ev.finished:
             return
         self._drop(job)
+        log.info("[%s] finished: %s", job.id, ev.finish_reason)
         if job.stream:
             tail = job.splitter.finish()
             if tail:
@@ -227,17 +334,20 @@ class EngineWorker:
             result = build_result(job.search, *stop.value, time.perf_counter() - job.start, self.engine.tokenizer)
             if job.stream:
                 self._stream_fixed(job, final_text=result.text)
+            log.info("[%s] finished: %s after %d rounds", job.id, result.completion_reason.value, job.round)
             job.post(Event("done", payload=result))
             return
         if job.stream:
             self._stream_fixed(job)
         job.round += 1
+        if self.metrics is not None:
+            self.metrics.tts_rounds.labels(job.strategy).inc()
         job.outs = [[None] * r.sampling.n for r in reqs]
         for i, r in enumerate(reqs):
             for k, spec in enumerate(r.samples()):  # the fan-out VLLMEngine.generate uses too
                 rid = f"{job.id}-{job.round}-{i}-{k}"
                 job.slots[rid] = (i, k)
-                self._add(job, rid, r.prompt_ids, spec)
+                self._queue(job, rid, r.prompt_ids, spec)
 
     def _stream_fixed(self, job: Job, final_text: str | None = None) -> None:
         """Stream the text no later step can change (and, at the end, the rest of the answer)."""

@@ -1,0 +1,56 @@
+"""How much work one request may ask for, checked before it starts.
+
+A request keeps `width` sequences in flight (offline BoN: N; online BoN: candidates;
+beam search: beam x candidates), each up to prompt + max_tokens long, for up to
+max_steps rounds. Without bounds one request (tts_num_trajectories=100000) occupies
+the engine for as long as it takes. The default bounds come from the engine's KV cache:
+one request may not need more KV cache than the engine has.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from kaggle_kit.service.errors import ApiError
+
+WIDTH_FIELD = {"offline_bon": "tts_num_trajectories", "online_bon": "tts_candidates_per_step",
+               "beam_search": "tts_beam_size"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_sequences: int = 64  # sequences one request keeps in flight
+    max_steps: int = 1000
+    max_kv_tokens: int | None = None  # width x (prompt + max_tokens); None: the engine's KV capacity
+
+    @classmethod
+    def for_engine(cls, engine, **overrides) -> "Limits":
+        kv = getattr(engine, "kv_cache_tokens", None)
+        return cls(**{"max_kv_tokens": kv, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def width(params) -> int:
+    return {"offline_bon": params.num_trajectories, "online_bon": params.candidates_per_step,
+            "beam_search": params.beam_size * params.candidates_per_step}[params.strategy]
+
+
+def check(limits: Limits, params, prompt_tokens: int) -> None:
+    """Raise a 400 naming the limit a TTS request goes over."""
+    w = width(params)
+    field = WIDTH_FIELD[params.strategy]
+    what = f"{field}={getattr(params, field[4:])}" + (
+        f" x tts_candidates_per_step={params.candidates_per_step}" if params.strategy == "beam_search" else "")
+    if w > limits.max_sequences:
+        raise ApiError(400, f"{what} keeps {w} sequences in flight; this server allows {limits.max_sequences} per "
+                            f"request (limit max_sequences)", param=field, code="request_too_large")
+    if params.max_steps > limits.max_steps:
+        raise ApiError(400, f"tts_max_steps={params.max_steps} is over this server's limit of {limits.max_steps} "
+                            f"(limit max_steps)", param="tts_max_steps", code="request_too_large")
+    need = w * (prompt_tokens + params.max_tokens)
+    if limits.max_kv_tokens and need > limits.max_kv_tokens:
+        raise ApiError(400, f"{what} x ({prompt_tokens} prompt + {params.max_tokens} completion tokens) needs {need} "
+                            f"tokens of KV cache; this server allows {limits.max_kv_tokens} per request (limit "
+                            f"max_kv_tokens: its KV cache): lower {field} or max_tokens", param=field,
+                       code="request_too_large")
