@@ -107,7 +107,30 @@ def uncertainty_vs_correctness(candidates: pd.DataFrame):
     return fig
 
 
-def save_all(results: pd.DataFrame, candidates: pd.DataFrame, steps: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+def refinement_rounds(rounds: pd.DataFrame):
+    """Per refinement round: the fraction of lineages with a correct kernel faster than PyTorch (fast_1)
+    and the geometric-mean speedup, a line per strategy; solid = execution-first selection,
+    dashed = what the uncertainty score alone would have reported."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, (strategy, g) in enumerate(rounds.groupby("strategy")):
+        color = f"C{i}"
+        for selection, style in (("execution", "-"), ("uncertainty", "--")):
+            h = g[g["selection"] == selection].sort_values("round")
+            label = f"{strategy} ({selection})"
+            a1.plot(h["round"], h["fast_1"].astype(float), style, color=color, marker="o", label=label)
+            a2.plot(h["round"], h["geomean_speedup"].astype(float).fillna(0), style, color=color, marker="o", label=label)
+    a1.set(title="fast_1 per refinement round", xlabel="round", ylabel="fraction of lineages", ylim=(-0.05, 1.05))
+    a2.set(title="geomean speedup of correct kernels (0: none)", xlabel="round", ylabel="speedup over PyTorch")
+    for ax in (a1, a2):
+        ax.set_xticks(sorted(rounds["round"].unique()))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_all(results: pd.DataFrame, candidates: pd.DataFrame, steps: pd.DataFrame, out_dir: str | Path,
+             rounds: pd.DataFrame | None = None) -> list[Path]:
     """Draw every figure into out_dir; returns the files written."""
     plt = _plt()
     out = Path(out_dir)
@@ -118,6 +141,8 @@ def save_all(results: pd.DataFrame, candidates: pd.DataFrame, steps: pd.DataFram
         "cost_benefit.png": cost_benefit(results),
         "uncertainty_vs_correctness.png": uncertainty_vs_correctness(candidates),
     }
+    if rounds is not None and len(rounds):
+        figures["refinement_rounds.png"] = refinement_rounds(rounds)
     paths = []
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=110)

@@ -111,3 +111,20 @@ def build_messages(problem: Problem, device: str = "cuda", thinking: bool = Fals
         f"Return one complete python code block that defines ModelNew and everything it needs."
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def build_refinement_messages(problem: Problem, device: str, previous_answer: str, feedback_text: str,
+                              thinking: bool = False) -> list[dict[str, str]]:
+    """The next attempt's chat: the problem, the last attempt (its code only), and what the evaluator said.
+
+    Only the last attempt is sent, so the prompt does not grow with the rounds; the whole
+    lineage is kept in the attempt tree for people to read.
+    """
+    from kernels_eval.parsing import parse_response
+
+    parsed = parse_response(previous_answer)
+    shown = f"```python\n{parsed.code.rstrip()}\n```" if parsed.ok else previous_answer.strip()[-3000:]
+    return build_messages(problem, device, thinking) + [
+        {"role": "assistant", "content": shown},
+        {"role": "user", "content": feedback_text + "\n\nReturn one complete python code block that defines ModelNew."},
+    ]

@@ -20,8 +20,11 @@ from typing import Any, Iterator
 from kernels_eval.result import KernelEvalResult
 
 
-def item_key(problem: str, sample: int, strategy: str, round: int = 1) -> str:
-    return f"{problem}|{sample}|{strategy}|{round}"
+def item_key(problem: str, sample: int, strategy: str, round: int = 1, branch: str = "") -> str:
+    """problem|sample|strategy|round, and |branch for a refinement's later rounds (which
+    candidate of which earlier item it refines, e.g. "2.0": candidate 0 of round 2's
+    refinement of round 1's candidate 2)."""
+    return f"{problem}|{sample}|{strategy}|{round}" + (f"|{branch}" if branch else "")
 
 
 @dataclass
@@ -47,6 +50,8 @@ class GeneratedRecord:
     candidates: list[Candidate]
     round: int = 1
     parent: str | None = None  # refinement: the key of the item this one refines
+    parent_candidate: int | None = None  # ... and which of its candidates
+    branch: str = ""
     prompt: list[dict[str, str]] = field(default_factory=list)  # the chat messages sent
     tts: dict[str, Any] = field(default_factory=dict)  # aggregated score, completion reason, usage, elapsed
     steps: list[dict[str, Any]] = field(default_factory=list)  # the search tree (for score traces)

@@ -142,3 +142,37 @@ class ScriptedEngine:
 def lp_for_score(score: float) -> float:
     """The per-token logprob whose perplexity step score is `score` (score = 1/(1 - lp))."""
     return 1.0 - 1.0 / score
+
+
+class FeedbackEngine:
+    """Answers that improve with feedback: the answer depends on which evaluator feedback the
+    prompt carries (a refinement test's model). `answers` maps a marker found in the prompt to
+    the answer text; the first matching marker wins, "" matches every prompt."""
+
+    def __init__(self, answers: list[tuple[str, str]], delay: float = 0.0, max_model_len: int = 100_000):
+        self.answers = answers
+        self.delay = delay
+        self.tokenizer = CharTokenizer()
+        self.max_model_len = max_model_len
+        self.eos_token_ids = frozenset({EOS})
+        self.kv_cache_tokens = None
+        self.lock = threading.RLock()
+        self.prompts: list[str] = []
+
+    def generate(self, requests, use_tqdm=False):
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
+        out = []
+        for r in requests:
+            prompt = self.tokenizer.decode(r.prompt_ids)
+            self.prompts.append(prompt)
+            text = next(a for marker, a in self.answers if marker in prompt)
+            ids = [ord(c) for c in text] + [EOS]
+            lp = np.full(len(ids), -0.1)
+            out.append([Completion(token_ids=tuple(ids), text=text, finish_reason="stop", chosen_logprobs=lp,
+                                   returned_ids=np.zeros((len(ids), 1), dtype=np.int64),
+                                   returned_logprobs=lp[:, None], prompt_tokens=len(r.prompt_ids))
+                        for _ in range(r.sampling.n)])
+        return out

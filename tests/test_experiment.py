@@ -108,6 +108,20 @@ def test_deadline_mid_run_stops_cleanly_and_the_rerun_completes(tmp_path):
     assert all(gen2[k].candidates == gen[k].candidates for k in gen)  # the first session's items kept as they were
 
 
+def test_cli_refines_with_feedback(tmp_path):
+    """`kernels-eval run --refine_rounds 2`: round 2's prompt carries round 1's verdict."""
+    with FakeServer("openai", respond=slow(0)) as srv:
+        cmd = _cli(srv, tmp_path, "--num_samples", "1", "--refine_rounds", "2")
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        second = [r["body"]["messages"] for r in srv.requests if len(r["body"]["messages"]) > 2]
+    gen, ev = RecordStore(tmp_path / "resume" / "records.jsonl").latest()
+    assert sorted({g.round for g in gen.values()}) == [1, 2] and set(ev) == set(gen)
+    # the reused reference is correct but flagged, so every lineage is refined once, with that said
+    assert second and all("does not count" in m[-1]["content"] for m in second)
+    assert (tmp_path / "resume" / "attempts.sqlite").exists() and (tmp_path / "resume" / "rounds.csv").exists()
+
+
 def test_changed_settings_are_refused(tmp_path):
     with FakeServer("openai", respond=slow(0)) as srv:
         first = subprocess.run(_cli(srv, tmp_path, "--num_samples", "1"), capture_output=True, text=True, timeout=600)

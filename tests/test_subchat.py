@@ -250,3 +250,30 @@ def test_end_to_end_on_vllm(registered, tmp_path):
     assert len(pieces) > 1 and sub.messages[-1].content == "".join(pieces) and sub.messages[-1].status == "ok"
     ctx = sub.context()
     assert ctx[1]["content"] == "Optimise the softmax kernel." and ctx[2]["content"] == reply.content
+
+
+def test_a_version_1_file_is_migrated_in_place(tmp_path):
+    import sqlite3
+
+    from kaggle_kit.subchat.store import SCHEMA_VERSION, SubchatStore
+
+    path = tmp_path / "v1.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE nodes (id INTEGER PRIMARY KEY AUTOINCREMENT, root_id INTEGER, parent_id INTEGER,
+            branch_message_id INTEGER, title TEXT NOT NULL, system_prompt TEXT, created_at REAL NOT NULL);
+        CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, node_id INTEGER NOT NULL, role TEXT NOT NULL,
+            content TEXT NOT NULL, thinking TEXT NOT NULL DEFAULT '', backend TEXT, prompt_tokens INTEGER,
+            completion_tokens INTEGER, status TEXT NOT NULL DEFAULT 'ok', error TEXT, created_at REAL NOT NULL);
+        INSERT INTO nodes (id, root_id, title, created_at) VALUES (1, 1, 'old', 0);
+        INSERT INTO messages (node_id, role, content, created_at) VALUES (1, 'user', 'kept', 0);
+        PRAGMA user_version = 1;""")
+    db.close()
+    store = SubchatStore(path)
+    root = store.get(1)
+    assert root.title == "old" and root.meta == {} and [m.content for m in root.messages] == ["kept"]
+    sub = root.branch(root.messages[0], "attempt", meta={"attempt": "k#0", "status": "correct"})
+    store.add_message(sub.id, "assistant", "answer", meta={"speedup": 1.5})
+    again = SubchatStore(path)
+    assert again._db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert [n.id for n in again.find(attempt="k#0")] == [sub.id] and again.messages(sub.id)[0].meta == {"speedup": 1.5}

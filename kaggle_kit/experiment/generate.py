@@ -3,9 +3,10 @@ the OpenAI-compatible service (the tts_* fields, requests in flight together).
 Either way each item comes back as a typed `GeneratedRecord`."""
 from __future__ import annotations
 
+import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kernels_eval.problems import Problem
 from kernels_eval.records import Candidate, GeneratedRecord, item_key
@@ -21,11 +22,18 @@ class Job:
     sample: int
     messages: list[dict[str, str]]
     round: int = 1
-    parent: str | None = None
-    meta: dict = field(default_factory=dict)
+    parent: str | None = None  # refinement: the item, and the candidate of it, this job refines
+    parent_candidate: int | None = None
+    branch: str = ""
 
     def key(self, cfg: ExperimentConfig) -> str:
-        return item_key(self.problem.name, self.sample, cfg.strategy, self.round)
+        return item_key(self.problem.name, self.sample, cfg.strategy, self.round, self.branch)
+
+
+def job_seed(cfg: ExperimentConfig, job: Job) -> int:
+    """Each sample, round and branch samples with its own seed (reproducible, and distinct)."""
+    branch = int(hashlib.sha256(job.branch.encode()).hexdigest()[:6], 16) if job.branch else 0
+    return cfg.seed + job.sample + 7919 * (job.round - 1) + 104729 * branch
 
 
 def _tree_rows(result) -> list[dict]:
@@ -37,7 +45,8 @@ def make_record(cfg: ExperimentConfig, job: Job, candidates: list[Candidate], ch
                 steps: list | None = None, seconds: float = 0.0) -> GeneratedRecord:
     return GeneratedRecord(key=job.key(cfg), problem=job.problem.name, sample=job.sample, strategy=cfg.strategy,
                            scorer=cfg.scorer, chosen=chosen, candidates=candidates, round=job.round, parent=job.parent,
-                           prompt=job.messages, tts=tts or {}, steps=steps or [], generation_s=seconds)
+                           parent_candidate=job.parent_candidate, branch=job.branch, prompt=job.messages,
+                           tts=tts or {}, steps=steps or [], generation_s=seconds)
 
 
 def generate_local(cfg: ExperimentConfig, jobs: list[Job], engine=None) -> list[GeneratedRecord]:
@@ -47,7 +56,7 @@ def generate_local(cfg: ExperimentConfig, jobs: list[Job], engine=None) -> list[
     out: dict[int, GeneratedRecord] = {}
     by_seed: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
-        by_seed.setdefault(cfg.seed + job.sample + 7919 * (job.round - 1), []).append(i)
+        by_seed.setdefault(job_seed(cfg, job), []).append(i)
     for seed, idx in by_seed.items():
         t = time.perf_counter()
         results = run_strategy_batch([jobs[i].messages for i in idx], engine=engine, seed=seed, progress=False,
@@ -80,7 +89,7 @@ def generate_remote(cfg: ExperimentConfig, jobs: list[Job]) -> list[GeneratedRec
         t = time.perf_counter()
         r = client.chat.completions.create(model=model, messages=job.messages, temperature=cfg.temperature,
                                            top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                                           seed=cfg.seed + job.sample + 7919 * (job.round - 1), extra_body=extra)
+                                           seed=job_seed(cfg, job), extra_body=extra)
         meta = r.model_dump().get("tts_metadata") or {}
         text = r.choices[0].message.content or ""
         listed = meta.get("candidates") or [{"text": text, "chosen": True}]

@@ -75,6 +75,7 @@ class Runner:
                              compile_timeout=cfg.compile_timeout, harness_retries=cfg.harness_retries,
                              **({"cache_dir": cache_dir} if cache_dir else {}))
         self.items = ThreadPoolExecutor(max(2, self.pool.workers * 2), thread_name_prefix="kk-item")
+        self.time_all = cfg.refine_rounds > 1
         self.gen_s_per_item: float | None = None
         self.eval_s_per_item: float | None = None
         self.outcome = RunOutcome(str(cfg.folder))
@@ -172,7 +173,7 @@ class Runner:
         n = len(gen.candidates)
         selection = {"verifier": self.cfg.verifier, "uncertainty_choice": gen.chosen}
         if self.cfg.verifier == "execution" and n > 1:
-            first = {i: ask(i, False) for i in range(n)}
+            first = {i: ask(i, self.time_all) for i in range(n)}
             checked = {i: f.result() for i, f in first.items()}
             # passes cleanly > passes but flagged > compiles > the uncertainty score (ties: earliest)
             rank = lambda i: (checked[i][1].counts_as_correct, checked[i][1].correct,  # noqa: E731
@@ -183,13 +184,13 @@ class Runner:
         else:
             chosen = gen.chosen
             futures = {chosen: ask(chosen, True)}
-            if self.cfg.evaluate_candidates:
-                futures |= {i: ask(i, False) for i in range(n) if i != chosen}
+            if self.cfg.evaluate_candidates:  # a refinement times every candidate: its feedback quotes speedups
+                futures |= {i: ask(i, self.time_all) for i in range(n) if i != chosen}
         selection["chosen"] = chosen
         evaluations = []
         for i in sorted(futures):
             status, result = futures[i].result()
-            evaluations.append(Evaluation(i, status, result, timed=i == chosen))
+            evaluations.append(Evaluation(i, status, result, timed=i == chosen or self.time_all))
         record = EvaluatedRecord(gen.key, chosen, evaluations, selection, time.perf_counter() - t)
         self.append(record)
         per = (time.perf_counter() - t) / self.pool.workers

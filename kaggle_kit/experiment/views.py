@@ -26,6 +26,7 @@ class Tables:
     steps: pd.DataFrame
     summary: dict
     out_dir: Path
+    rounds: pd.DataFrame | None = None  # refinement: fast_p and speedup per round (kaggle_kit.experiment.refine)
 
 
 def _eval_fields(prefix: str, ev) -> dict:
@@ -70,7 +71,14 @@ def tables(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord], out_
             step_rows.append({"key": key, "problem": g.problem, "sample": g.sample, "round": g.round,
                               "strategy": g.strategy, "scorer": g.scorer, **s})
     results, candidates, steps = pd.DataFrame(rows), pd.DataFrame(cand_rows), pd.DataFrame(step_rows)
-    return Tables(results, candidates, steps, summarise(gen, ev), out_dir)
+    summary = summarise(gen, ev)
+    rounds = None
+    if any(g.round > 1 for g in gen.values()):
+        from kaggle_kit.experiment.refine import round_table
+
+        rounds = round_table(gen, ev)
+        summary["rounds"] = rounds.to_dict(orient="records")
+    return Tables(results, candidates, steps, summary, out_dir, rounds)
 
 
 def summarise(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord]) -> dict:
@@ -97,6 +105,8 @@ def write_tables(t: Tables) -> Tables:
     t.results.to_csv(out / "results.csv", index=False)
     t.candidates.to_csv(out / "candidates.csv", index=False)
     t.steps.to_csv(out / "steps.csv", index=False)
+    if t.rounds is not None:
+        t.rounds.to_csv(out / "rounds.csv", index=False)
     (out / "summary.json").write_text(json.dumps(t.summary, indent=2, default=str) + "\n")
     return t
 
@@ -110,3 +120,10 @@ def load_run(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
     parts = [load_tables(f) for f in folders]
     return tuple(pd.concat([getattr(p, name) for p in parts], ignore_index=True)
                  for name in ("results", "candidates", "steps"))
+
+
+def load_rounds(out_dir: str | Path) -> pd.DataFrame | None:
+    """The refinement table(s) under `out_dir` (None when no run there refined)."""
+    folders = sorted({p.parent for p in Path(out_dir).rglob("records.jsonl")})
+    parts = [t.rounds for t in (load_tables(f) for f in folders) if t.rounds is not None]
+    return pd.concat(parts, ignore_index=True) if parts else None

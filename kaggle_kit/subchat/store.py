@@ -1,10 +1,13 @@
 """SQLite storage for conversation trees.
 
 WAL mode and short transactions let a notebook and the service (two processes)
-share one file. The schema is versioned with PRAGMA user_version.
+share one file. The schema is versioned with PRAGMA user_version; an older file is
+migrated in place when opened (version 2 added a JSON `meta` to nodes and messages:
+what a kernel-refinement attempt was, its status and speedup).
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -23,7 +26,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     branch_message_id INTEGER REFERENCES messages(id),
     title TEXT NOT NULL,
     system_prompt TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -36,11 +40,17 @@ CREATE TABLE IF NOT EXISTS messages (
     completion_tokens INTEGER,
     status TEXT NOT NULL DEFAULT 'ok' CHECK (status IN ('ok', 'error', 'incomplete')),
     error TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS messages_by_node ON messages(node_id, id);
 CREATE INDEX IF NOT EXISTS nodes_by_parent ON nodes(parent_id);
 """
+# Each step takes a file from version N-1 to N.
+_MIGRATIONS = {
+    2: ["ALTER TABLE nodes ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE messages ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'"],
+}
 
 
 def default_store_path() -> Path:
@@ -65,6 +75,7 @@ class Message:
     status: str = "ok"  # "ok", "error" (generation failed after this message), "incomplete" (stream cut)
     error: str | None = None
     created_at: float = 0.0
+    meta: dict = field(default_factory=dict)  # e.g. a refinement attempt's evaluation: status, speedup
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -82,6 +93,7 @@ class Node:
     system_prompt: str | None
     created_at: float
     store: "SubchatStore" = field(repr=False, compare=False, default=None)
+    meta: dict = field(default_factory=dict)
 
     @property
     def is_root(self) -> bool:
@@ -91,8 +103,8 @@ class Node:
     def messages(self) -> list[Message]:
         return self.store.messages(self.id)
 
-    def branch(self, from_message: Message | int, title: str | None = None) -> "Node":
-        return self.store.branch(self.id, from_message, title)
+    def branch(self, from_message: Message | int, title: str | None = None, meta: dict | None = None) -> "Node":
+        return self.store.branch(self.id, from_message, title, meta)
 
     def children(self) -> list["Node"]:
         return self.store.children(self.id)
@@ -121,7 +133,14 @@ class SubchatStore:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} has schema version {version}; this kaggle_kit reads up to {SCHEMA_VERSION}")
-        db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); executescript manages its own transaction
+        fresh = not db.execute("SELECT name FROM sqlite_master WHERE name = 'nodes'").fetchone()
+        if fresh:
+            db.executescript(_SCHEMA)  # executescript manages its own transaction
+        else:
+            with self._tx() as tx:
+                for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS.get(v, []):
+                        tx.execute(statement)
         if version < SCHEMA_VERSION:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -157,14 +176,14 @@ class SubchatStore:
     # -- nodes ----------------------------------------------------------------------
     def _node(self, row) -> Node:
         return Node(row["id"], row["root_id"], row["parent_id"], row["branch_message_id"], row["title"],
-                    row["system_prompt"], row["created_at"], self)
+                    row["system_prompt"], row["created_at"], self, json.loads(row["meta"] or "{}"))
 
-    def new_conversation(self, title: str, system_prompt: str | None = None) -> Node:
+    def new_conversation(self, title: str, system_prompt: str | None = None, meta: dict | None = None) -> Node:
         if not isinstance(title, str) or not title.strip():
             raise ValueError("a conversation needs a non-empty title")
         with self._tx() as db:
-            cur = db.execute("INSERT INTO nodes (title, system_prompt, created_at) VALUES (?, ?, ?)",
-                             (title.strip(), system_prompt, time.time()))
+            cur = db.execute("INSERT INTO nodes (title, system_prompt, created_at, meta) VALUES (?, ?, ?, ?)",
+                             (title.strip(), system_prompt, time.time(), json.dumps(meta or {})))
             db.execute("UPDATE nodes SET root_id = id WHERE id = ?", (cur.lastrowid,))
             nid = cur.lastrowid
         return self.get(nid)
@@ -175,13 +194,23 @@ class SubchatStore:
             raise KeyError(f"no subchat node {node_id}")
         return self._node(row)
 
+    def find(self, **meta) -> list[Node]:
+        """Nodes whose meta has these values (e.g. find(attempt="01_relu|0|beam_search|1#2"))."""
+        bad = [k for k in meta if not k.isidentifier()]
+        if bad:  # keys become JSON paths in the query
+            raise ValueError(f"meta keys must be identifiers: {bad}")
+        where = " AND ".join(f"json_extract(meta, '$.{k}') = ?" for k in meta) or "1"
+        rows = self._db().execute(f"SELECT * FROM nodes WHERE {where} ORDER BY id", list(meta.values()))
+        return [self._node(r) for r in rows]
+
     def conversations(self) -> list[Node]:
         return [self._node(r) for r in self._db().execute("SELECT * FROM nodes WHERE parent_id IS NULL ORDER BY id")]
 
     def children(self, node_id: int) -> list[Node]:
         return [self._node(r) for r in self._db().execute("SELECT * FROM nodes WHERE parent_id = ? ORDER BY id", (node_id,))]
 
-    def branch(self, node_id: int, from_message: Message | int, title: str | None = None) -> Node:
+    def branch(self, node_id: int, from_message: Message | int, title: str | None = None,
+               meta: dict | None = None) -> Node:
         """Open a subchat of `node_id` at one of its messages: it sees everything up to that message."""
         parent = self.get(node_id)
         mid = from_message.id if isinstance(from_message, Message) else int(from_message)
@@ -190,8 +219,9 @@ class SubchatStore:
             raise ValueError(f"message {mid} belongs to node {msg.node_id}, not to node {parent.id}")
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO nodes (root_id, parent_id, branch_message_id, title, created_at) VALUES (?, ?, ?, ?, ?)",
-                (parent.root_id, parent.id, mid, (title or f"Subchat of {parent.title}").strip(), time.time()))
+                "INSERT INTO nodes (root_id, parent_id, branch_message_id, title, created_at, meta) VALUES (?, ?, ?, ?, ?, ?)",
+                (parent.root_id, parent.id, mid, (title or f"Subchat of {parent.title}").strip(), time.time(),
+                 json.dumps(meta or {})))
             nid = cur.lastrowid
         return self.get(nid)
 
@@ -222,7 +252,9 @@ class SubchatStore:
 
     # -- messages -------------------------------------------------------------------
     def _message(self, row) -> Message:
-        return Message(**{k: row[k] for k in row.keys()})
+        d = {k: row[k] for k in row.keys()}
+        d["meta"] = json.loads(d.get("meta") or "{}")
+        return Message(**d)
 
     def message(self, message_id: int) -> Message:
         row = self._db().execute("SELECT * FROM messages WHERE id = ?", (int(message_id),)).fetchone()
@@ -243,6 +275,8 @@ class SubchatStore:
         if not isinstance(content, str):
             raise TypeError(f"content must be a string, got {type(content).__name__}")
         self.get(node_id)
+        if "meta" in fields:
+            fields["meta"] = json.dumps(fields["meta"] or {})
         cols = ["node_id", "role", "content", "created_at", *fields]
         with self._tx() as db:
             cur = db.execute(f"INSERT INTO messages ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",

@@ -13,6 +13,20 @@ import html
 import ipywidgets as w
 
 
+def _badge(meta: dict) -> str:
+    """A refinement attempt's verdict next to its message: status, speedup, score."""
+    if not meta or "status" not in meta:
+        return ""
+    ok = meta.get("status") == "correct"
+    color = "#1a7f37" if ok and meta.get("correct", True) else ("#9a6700" if ok else "#b00")
+    parts = [meta["status"]]
+    if meta.get("speedup"):
+        parts.append(f"{meta['speedup']:.2f}x")
+    if meta.get("kind") == "answer" and meta.get("score") is not None:
+        parts.append(f"score {meta['score']:.3f}")
+    return f" <small class='kk-badge' style='color:{color}'>[{html.escape(' · '.join(parts))}]</small>"
+
+
 class SubchatWidget:
     def __init__(self, store, client=None):
         if client is None:
@@ -116,6 +130,7 @@ class SubchatWidget:
             note = {"error": f" ⚠ {m.error}", "incomplete": " (incomplete)"}.get(m.status, "")
             body = html.escape(m.content).replace("\n", "<br>")
             info = f" <small style='color:#888'>via {m.backend}</small>" if m.backend else ""
+            info += _badge(m.meta)
             label = w.HTML(f"<div><b>{m.role}</b>{info}{html.escape(note)}<br>{body}</div>", layout=w.Layout(width="85%"))
             button = w.Button(description="branch here", layout=w.Layout(width="110px"), tooltip=f"open a subchat at message {m.id}")
             button.on_click(lambda _, mid=m.id: self.branch(mid))

@@ -60,3 +60,15 @@ def problem_list(problems: str | list[str] | None) -> list[str] | None:
     if problems in (None, "", "all"):
         return None
     return [p.strip() for p in problems.split(",")] if isinstance(problems, str) else list(problems)
+
+
+def subchat_store(out_dir: str, attempts: bool | str = "auto"):
+    """The store the notebook's widget opens: the refinement tree of the run (out_dir/attempts.sqlite)
+    when there is one (or `attempts` names a file), else the notebook's own out_dir/subchat.sqlite."""
+    import kaggle_kit as kk
+    from kaggle_kit.experiment.refine import ATTEMPTS
+
+    tree = Path(attempts) if isinstance(attempts, str) and attempts not in ("auto", "") else Path(out_dir) / ATTEMPTS
+    if attempts and tree.exists():
+        return kk.subchat.open_store(tree)
+    return kk.subchat.open_store(Path(out_dir) / "subchat.sqlite")

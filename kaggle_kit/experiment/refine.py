@@ -1,0 +1,235 @@
+"""Kernel refinement with execution feedback, searched with TTS, kept as a browsable tree.
+
+Round 1 is the ordinary experiment. After every round each lineage (problem, sample)
+keeps its best `refine_width` candidates, execution first (passes cleanly, passes but
+flagged, compiles), then the uncertainty score; each one's next prompt is the problem,
+that candidate's code and the evaluator's feedback (`kernels_eval.feedback`), and it is
+generated with the same TTS strategy again. A lineage stops at a correct, unflagged
+kernel with at least `target_speedup`, after `refine_rounds` rounds, or at the deadline.
+Every round goes through the same records (keys carry the round and the branch), so a
+kill or a deadline resumes mid-round.
+
+The attempts are also written to a subchat store (`attempts.sqlite` in the run folder):
+one conversation per (run, problem) whose first message is the prompt; every evaluated
+candidate of every sample is a subchat holding its answer and the feedback, with its
+status and speedup in the messages' meta; a refinement branches from the feedback it
+answers.
+A person opens any attempt in the widget, reads why it failed, and branches from it by
+hand with the same context rules as every subchat.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from kernels_eval.feedback import feedback
+from kernels_eval.metrics import FAST_P
+from kernels_eval.prompts import SYSTEM, build_refinement_messages
+from kernels_eval.records import EvaluatedRecord, Evaluation, GeneratedRecord
+
+from kaggle_kit.experiment.config import ExperimentConfig
+from kaggle_kit.experiment.generate import Job
+from kaggle_kit.experiment.runner import RunOutcome, Runner, _stderr, initial_jobs
+from kaggle_kit.experiment.deadline import describe
+
+ATTEMPTS = "attempts.sqlite"
+
+
+def _rank(e: Evaluation, score) -> tuple:
+    r = e.result
+    s = score if isinstance(score, (int, float)) and score == score else float("-inf")
+    return (r.counts_as_correct, r.counts_as_correct and (r.speedup or 0.0), r.correct, r.compiled, s)
+
+
+def solved(e: Evaluation, target: float) -> bool:
+    return e.result.counts_as_correct and (e.result.speedup or 0.0) >= target
+
+
+def lineage(key: str) -> str:
+    problem, sample = key.split("|")[:2]
+    return f"{problem}|{sample}"
+
+
+def next_jobs(cfg: ExperimentConfig, runner: Runner, items: list[tuple[GeneratedRecord, EvaluatedRecord]],
+              round_: int) -> list[Job]:
+    """Round `round_`'s jobs: the best candidates of each unsolved lineage's previous round, with feedback."""
+    by_lineage: dict[str, list] = defaultdict(list)
+    for g, e in items:
+        for ev in e.evaluations:
+            if ev.result.evaluated:
+                by_lineage[lineage(g.key)].append((g, ev))
+    jobs = []
+    for pairs in by_lineage.values():
+        if any(solved(ev, cfg.target_speedup) for _, ev in pairs):
+            continue  # this lineage is done
+        pairs.sort(key=lambda p: _rank(p[1], p[0].candidates[p[1].index].score), reverse=True)
+        for g, ev in pairs[: cfg.refine_width]:
+            problem = runner.problems[g.problem]
+            text = feedback(ev.result, ev.parse_status, cfg.target_speedup)
+            messages = build_refinement_messages(problem, cfg.device, g.candidates[ev.index].text, text, cfg.thinking)
+            branch = f"{g.branch}.{ev.index}" if g.branch else str(ev.index)
+            jobs.append(Job(problem, g.sample, messages, round=round_, parent=g.key, parent_candidate=ev.index,
+                            branch=branch))
+    return jobs
+
+
+def refine(cfg: ExperimentConfig, engine=None, progress: bool | None = None,
+           log: Callable[[str], None] = _stderr, **runner_options) -> RunOutcome:
+    """Run (or resume) `cfg.refine_rounds` rounds of generation, evaluation and feedback."""
+    runner = Runner(cfg, engine, progress, log, **runner_options)
+    store = open_attempts(cfg.folder)
+    try:
+        for round_ in range(1, cfg.refine_rounds + 1):
+            gen, ev = runner.store.latest()
+            if round_ == 1:
+                jobs = initial_jobs(cfg, runner.problems)
+            else:
+                prev = [(g, ev[k]) for k, g in gen.items() if g.round == round_ - 1 and k in ev and ev[k].complete]
+                jobs = next_jobs(cfg, runner, prev, round_)
+                if not jobs:
+                    log(f"refinement: every lineage is solved after round {round_ - 1}")
+                    break
+            for key, g in gen.items():  # generated in an earlier session, not evaluated yet
+                if g.round == round_ and (key not in ev or not ev[key].complete):
+                    runner.submit(g, ev.get(key))
+            todo = [j for j in jobs if j.key(cfg) not in gen]
+            if todo:
+                log(f"refinement round {round_}/{cfg.refine_rounds}: {len(todo)} item(s); " + runner.estimate(len(todo)))
+            for start in range(0, len(todo), cfg.batch_size):
+                batch = todo[start: start + cfg.batch_size]
+                gen_s, ev_s = runner.seconds_per_item()
+                if runner.gen_s_per_item is not None and runner.time_left() < len(batch) * gen_s + ev_s:
+                    runner.outcome.stopped_early = True
+                    runner.outcome.pending = len(todo) - start
+                    runner.outcome.messages.append(
+                        f"deadline: stopped in round {round_} before {len(todo) - start} item(s) ({describe(runner.time_left())} "
+                        f"left). Rerun the same command or notebook to resume from {runner.store.path}.")
+                    break
+                for record in runner.generate(batch):
+                    runner.submit(record)
+            runner.drain()  # the next round needs this round's feedback
+            gen, ev = runner.store.latest()
+            write_attempts(store, cfg, gen, ev)
+            if runner.outcome.stopped_early:
+                break
+    finally:
+        runner.close()
+        store.close()
+    for m in runner.outcome.messages:
+        log(m)
+    return runner.outcome
+
+
+# -- the attempt tree ----------------------------------------------------------------------------
+
+def open_attempts(folder: str | Path):
+    from kaggle_kit.subchat.store import open_store
+
+    return open_store(Path(folder) / ATTEMPTS)
+
+
+def _label(g: GeneratedRecord, index: int, e: Evaluation) -> str:
+    r = e.result
+    speed = f" {r.speedup:.2f}x" if r.correct and r.speedup else ""
+    return f"sample {g.sample} · round {g.round} · candidate {index} · {r.status.value}{speed}"
+
+
+def write_attempts(store, cfg: ExperimentConfig, gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord]) -> int:
+    """Add every evaluated candidate not yet in the tree; returns how many were added."""
+    added = 0
+    for key, g in sorted(gen.items(), key=lambda kv: (kv[1].round, kv[0])):
+        e = ev.get(key)
+        if e is None:
+            continue
+        if g.round == 1:
+            roots = store.find(run=str(cfg.folder), problem=g.problem)
+            if roots:
+                root = roots[0]
+            else:  # the samples share the prompt: each one's candidates branch from it
+                root = store.new_conversation(f"{cfg.experiment_name or cfg.folder.name} · {g.problem}",
+                                              system_prompt=SYSTEM, meta={"run": str(cfg.folder), "problem": g.problem})
+                user = next(m["content"] for m in g.prompt if m["role"] == "user")
+                store.add_message(root.id, "user", user, meta={"kind": "prompt"})
+            anchor_node, anchor_msg = root, store.messages(root.id)[0]
+        else:
+            parents = store.find(attempt=f"{g.parent}#{g.parent_candidate}")
+            if not parents:
+                continue  # its parent was not evaluated into the tree (cannot happen unless the store was edited)
+            anchor_node = parents[0]
+            anchor_msg = next(m for m in reversed(store.messages(anchor_node.id)) if m.meta.get("kind") == "feedback")
+        for x in e.evaluations:
+            attempt = f"{key}#{x.index}"
+            if store.find(attempt=attempt):
+                continue
+            r = x.result
+            c = g.candidates[x.index]
+            meta = {"attempt": attempt, "key": key, "sample": g.sample, "candidate": x.index, "round": g.round,
+                    "status": r.status.value,
+                    "speedup": r.speedup, "correct": r.counts_as_correct, "chosen": x.index == e.chosen,
+                    "score": c.score}
+            node = store.branch(anchor_node.id, anchor_msg, _label(g, x.index, x), meta=meta)
+            store.add_message(node.id, "assistant", c.text, meta={"kind": "answer", **meta})
+            text = feedback(r, x.parse_status, cfg.target_speedup) or \
+                f"The evaluator itself failed ({r.status.value}); nothing is known about this kernel yet."
+            store.add_message(node.id, "user", text, meta={"kind": "feedback", "status": r.status.value,
+                                                           "speedup": r.speedup})
+            added += 1
+    return added
+
+
+# -- results per round ---------------------------------------------------------------------------
+
+def _geomean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def round_table(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord]) -> pd.DataFrame:
+    """fast_p and geomean speedup per round, per strategy, for two ways of reporting a lineage's kernel:
+    'execution' (the best evaluated candidate so far: what the refinement keeps) and 'uncertainty' (the
+    candidate the strategy's score picked in the lineage's latest round, never running anything).
+    tokens: generated tokens spent on the lineage up to that round (mean over lineages)."""
+    rows = []
+    lineages: dict[tuple, list[GeneratedRecord]] = defaultdict(list)
+    for g in gen.values():
+        lineages[(g.strategy, lineage(g.key))].append(g)
+    strategies = sorted({s for s, _ in lineages})
+    last = max((g.round for g in gen.values()), default=0)
+    for strategy in strategies:
+        for r in range(1, last + 1):
+            for selection in ("execution", "uncertainty"):
+                picked, tokens = [], []
+                for (s, _), items in lineages.items():
+                    if s != strategy:
+                        continue
+                    upto = [g for g in items if g.round <= r and g.key in ev]
+                    if not upto:
+                        continue
+                    tokens.append(sum((g.tts.get("usage") or {}).get("generated_tokens", 0) for g in upto))
+                    if selection == "execution":
+                        best = max(((g, x) for g in upto for x in ev[g.key].evaluations if x.result.evaluated),
+                                   key=lambda p: _rank(p[1], p[0].candidates[p[1].index].score), default=None)
+                    else:
+                        latest = max(g.round for g in upto)
+                        cands = [(g, x) for g in upto if g.round == latest for x in ev[g.key].evaluations
+                                 if x.index == g.chosen and x.result.evaluated]
+                        best = max(cands, key=lambda p: _score(p[0].candidates[p[0].chosen].score), default=None)
+                    if best is not None:
+                        picked.append(best[1].result)
+                n = len(picked)
+                row = {"strategy": strategy, "round": r, "selection": selection, "lineages": n,
+                       "tokens": sum(tokens) / len(tokens) if tokens else 0.0}
+                for p in FAST_P:
+                    ok = sum(1 for x in picked if x.counts_as_correct and (p == 0 or (x.speedup or 0) > p))
+                    row[f"fast_{p:g}"] = ok / n if n else None
+                row["geomean_speedup"] = _geomean([x.speedup for x in picked if x.counts_as_correct])
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _score(x) -> float:
+    return x if isinstance(x, (int, float)) and x == x else float("-inf")
