@@ -39,6 +39,11 @@ _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION", r
 _SECRET_PREFIXES = ("KAGGLE", "GROQ", "AWS_", "OPENAI", "HF_", "HUGGING", "GITHUB", "AZURE", "GOOGLE", "KK_API")
 
 
+def cpu_count() -> int:
+    """The cores this process may use (its affinity: `taskset`, a container's cpuset), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("KK_KERNEL_CACHE", Path.home() / ".cache" / "kaggle_kit" / "kernels"))
 
@@ -124,7 +129,7 @@ def _evaluate_once(problem: Problem, candidate_source: str, device: str, *, tria
                PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
     if max_jobs:
         env["MAX_JOBS"] = str(max_jobs)
-    env.setdefault("MAX_JOBS", str(max(1, os.cpu_count() or 1)))
+    env.setdefault("MAX_JOBS", str(cpu_count()))
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     try:

@@ -9,20 +9,18 @@ and evaluated once.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
-from kernels_eval.evaluate import default_cache_dir, evaluate, unparsed_result
+from kernels_eval.evaluate import cpu_count, default_cache_dir, evaluate, unparsed_result
 from kernels_eval.parsing import parse_response
 from kernels_eval.problems import Problem
 from kernels_eval.result import KernelEvalResult
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def default_lock(device: str, cache_dir: str | Path | None = None) -> Path:
@@ -74,6 +72,17 @@ class EvalPool:
         inner.add_done_callback(lambda f: outer.set_exception(f.exception()) if f.exception()
                                 else outer.set_result((parsed.status, f.result())))
         return outer
+
+    @contextmanager
+    def device_held(self):
+        """Hold the device lock: none of the pool's runs use the device meanwhile (e.g. while a
+        local engine generates, so no timing overlaps it)."""
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def shutdown(self, cancel: bool = False) -> None:
         self._executor.shutdown(wait=not cancel, cancel_futures=cancel)

@@ -13,7 +13,8 @@ import pytest
 from kernels_eval.problems import load_problems, reference_solution
 from kernels_eval.records import RecordStore
 
-from kaggle_kit.experiment import ExperimentConfig, load_tables, write_tables
+from kaggle_kit.config import ConfigError
+from kaggle_kit.experiment import ExperimentConfig, load_rounds, load_tables, write_tables
 from kaggle_kit.experiment.refine import ATTEMPTS, open_attempts, refine
 from scripted_engine import FeedbackEngine
 
@@ -75,6 +76,7 @@ def test_refinement_reaches_a_correct_kernel_in_the_expected_round(tmp_path):
     assert [rounds.loc[(r, "execution"), "fast_0"] for r in (1, 2, 3, 4)] == [0.0, 0.0, 0.0, 1.0]
     assert rounds.loc[(4, "uncertainty"), "fast_0"] == 1.0 and (cfg.folder / "rounds.csv").exists()
     assert rounds.loc[(4, "execution"), "tokens"] > rounds.loc[(1, "execution"), "tokens"]
+    assert load_rounds(tmp_path).equals(t.rounds)  # notebook 04's reader of every run below a folder
 
 
 def test_refinement_resumes_after_kill_9_mid_round(tmp_path):
@@ -134,3 +136,8 @@ def test_two_rounds_end_to_end_on_vllm(registered, tiny_model_dir, tmp_path):
     assert len(store.find(round=2)) == sum(len(ev[g.key].evaluations) for g in second)
     assert len(store.find(round=2)) == sum(len(ev[g.key].evaluations) for g in second)
     assert (cfg.folder / ATTEMPTS).exists()
+
+
+def test_refinement_needs_evaluation(tmp_path):
+    with pytest.raises(ConfigError, match="refine_rounds > 1 needs evaluate=True"):
+        config(tmp_path, evaluate=False)

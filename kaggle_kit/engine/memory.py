@@ -68,9 +68,11 @@ class ModelShape:
             architecture=(cfg.get("architectures") or [""])[0],
         )
 
-    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
-        """K and V of every layer for one token, all KV heads (divide by TP for one GPU)."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
+    def kv_bytes_per_token(self, dtype_bytes: int = 2, tensor_parallel_size: int = 1) -> int:
+        """K and V of every layer for one token on one GPU (each rank holds its share of the
+        KV heads; with fewer KV heads than ranks, a head is replicated)."""
+        heads = max(1, self.num_kv_heads // max(1, tensor_parallel_size))
+        return 2 * self.num_layers * heads * self.head_dim * dtype_bytes
 
     def estimate_weight_bytes(self, dtype_bytes: int = 2) -> int:
         """Weights from the shapes: quantized linear layers (+ their group scales and zeros), fp16 rest."""
@@ -146,8 +148,7 @@ def plan_memory(shape: ModelShape, gpu_total_bytes: int, *, tensor_parallel_size
     activation = PROFILE_TOKENS * (2 * shape.intermediate_size // tp + 4 * shape.hidden_size) * dtype_bytes
     budget = int(gpu_total_bytes * gpu_memory_utilization)
     kv = max(0, budget - weights_per_gpu - activation - RUNTIME_OVERHEAD_BYTES)
-    kv_heads_per_gpu = max(1, shape.num_kv_heads // tp)
-    per_token = 2 * shape.num_layers * kv_heads_per_gpu * shape.head_dim * (kv_dtype_bytes or dtype_bytes)
+    per_token = shape.kv_bytes_per_token(kv_dtype_bytes or dtype_bytes, tp)
     tokens = (kv // per_token) // block_size * block_size
     notes = [
         f"weights {weights / GIB:.2f} GiB{' (estimated from the config)' if weights_bytes is None else ''}"

@@ -38,10 +38,5 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str = "onlin
                            evaluate_candidates=evaluate_candidates, thinking=thinking, deadline=deadline,
                            workers=workers, verifier=verifier, refine_rounds=refine_rounds, refine_width=refine_width,
                            target_speedup=target_speedup, **eval_options, **tts_params)
-    if cfg.refine_rounds > 1:
-        from kaggle_kit.experiment.refine import refine
-
-        refine(cfg, progress=progress)
-    else:
-        run(cfg, progress=progress)
+    run(cfg, progress=progress)
     return write_tables(load_tables(cfg.folder))

@@ -21,12 +21,7 @@ def _cmd_run(args) -> int:
         run_timeout=args.timeout, service_url=args.tts_service_url, batch_size=args.batch_size, workers=args.workers,
         deadline=args.deadline, refine_rounds=args.refine_rounds, refine_width=args.refine_width,
         target_speedup=args.target_speedup)
-    if cfg.refine_rounds > 1:
-        from kaggle_kit.experiment.refine import refine
-
-        outcome = refine(cfg)
-    else:
-        outcome = run(cfg)
+    outcome = run(cfg)  # refines when refine_rounds > 1
     write_tables(load_tables(cfg.folder))
     print(cfg.folder / "records.jsonl")
     return 3 if outcome.stopped_early else 0  # 3: stopped at the deadline, rerun to resume

@@ -73,6 +73,8 @@ class ExperimentConfig:
         for name in ("num_samples", "batch_size", "refine_rounds", "refine_width", "trials"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.refine_rounds > 1 and not self.evaluate:
+            raise ConfigError("refine_rounds > 1 needs evaluate=True: each round's prompts carry the evaluator's feedback")
 
     @property
     def folder(self) -> Path:

@@ -21,11 +21,14 @@ def session_start() -> float:
         btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                      if line.startswith("btime"))
         ticks = os.sysconf("SC_CLK_TCK")
-        for pid in ("1", "self"):
+    except (OSError, StopIteration, ValueError, IndexError):
+        return time.time()
+    for pid in ("1", "self"):  # pid 1 may be unreadable (another user's): then our own start
+        try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             return btime + int(fields[19]) / ticks  # field 22 of stat: starttime, in clock ticks since boot
-    except (OSError, StopIteration, ValueError, IndexError):
-        pass
+        except (OSError, ValueError, IndexError):
+            continue
     return time.time()
 
 

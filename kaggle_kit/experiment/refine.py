@@ -19,7 +19,6 @@ hand with the same context rules as every subchat.
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -27,22 +26,20 @@ from typing import Callable
 import pandas as pd
 
 from kernels_eval.feedback import feedback
-from kernels_eval.metrics import FAST_P
+from kernels_eval.metrics import FAST_P, fast_p, geomean_speedup
 from kernels_eval.prompts import SYSTEM, build_refinement_messages
 from kernels_eval.records import EvaluatedRecord, Evaluation, GeneratedRecord
 
 from kaggle_kit.experiment.config import ExperimentConfig
 from kaggle_kit.experiment.generate import Job
-from kaggle_kit.experiment.runner import RunOutcome, Runner, _stderr, initial_jobs
-from kaggle_kit.experiment.deadline import describe
+from kaggle_kit.experiment.runner import RunOutcome, Runner, _stderr, initial_jobs, run_round, score_key
 
 ATTEMPTS = "attempts.sqlite"
 
 
 def _rank(e: Evaluation, score) -> tuple:
     r = e.result
-    s = score if isinstance(score, (int, float)) and score == score else float("-inf")
-    return (r.counts_as_correct, r.counts_as_correct and (r.speedup or 0.0), r.correct, r.compiled, s)
+    return (r.counts_as_correct, r.counts_as_correct and (r.speedup or 0.0), r.correct, r.compiled, score_key(score))
 
 
 def solved(e: Evaluation, target: float) -> bool:
@@ -84,36 +81,18 @@ def refine(cfg: ExperimentConfig, engine=None, progress: bool | None = None,
     store = open_attempts(cfg.folder)
     try:
         for round_ in range(1, cfg.refine_rounds + 1):
-            gen, ev = runner.store.latest()
             if round_ == 1:
                 jobs = initial_jobs(cfg, runner.problems)
             else:
+                gen, ev = runner.store.latest()
                 prev = [(g, ev[k]) for k, g in gen.items() if g.round == round_ - 1 and k in ev and ev[k].complete]
                 jobs = next_jobs(cfg, runner, prev, round_)
                 if not jobs:
                     log(f"refinement: every lineage is solved after round {round_ - 1}")
                     break
-            for key, g in gen.items():  # generated in an earlier session, not evaluated yet
-                if g.round == round_ and (key not in ev or not ev[key].complete):
-                    runner.submit(g, ev.get(key))
-            todo = [j for j in jobs if j.key(cfg) not in gen]
-            if todo:
-                log(f"refinement round {round_}/{cfg.refine_rounds}: {len(todo)} item(s); " + runner.estimate(len(todo)))
-            for start in range(0, len(todo), cfg.batch_size):
-                batch = todo[start: start + cfg.batch_size]
-                gen_s, ev_s = runner.seconds_per_item()
-                if runner.gen_s_per_item is not None and runner.time_left() < len(batch) * gen_s + ev_s:
-                    runner.outcome.stopped_early = True
-                    runner.outcome.pending = len(todo) - start
-                    runner.outcome.messages.append(
-                        f"deadline: stopped in round {round_} before {len(todo) - start} item(s) ({describe(runner.time_left())} "
-                        f"left). Rerun the same command or notebook to resume from {runner.store.path}.")
-                    break
-                for record in runner.generate(batch):
-                    runner.submit(record)
+            run_round(runner, jobs, round_)
             runner.drain()  # the next round needs this round's feedback
-            gen, ev = runner.store.latest()
-            write_attempts(store, cfg, gen, ev)
+            write_attempts(store, cfg, *runner.store.latest())
             if runner.outcome.stopped_early:
                 break
     finally:
@@ -140,30 +119,32 @@ def _label(g: GeneratedRecord, index: int, e: Evaluation) -> str:
 
 def write_attempts(store, cfg: ExperimentConfig, gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord]) -> int:
     """Add every evaluated candidate not yet in the tree; returns how many were added."""
+    run = str(cfg.folder)
+    nodes = store.find()  # the tree as it is, read once: every round calls this with every record
+    attempts = {n.meta["attempt"]: n for n in nodes if "attempt" in n.meta}
+    roots = {n.meta["problem"]: n for n in nodes if n.parent_id is None and n.meta.get("run") == run}
     added = 0
     for key, g in sorted(gen.items(), key=lambda kv: (kv[1].round, kv[0])):
         e = ev.get(key)
         if e is None:
             continue
         if g.round == 1:
-            roots = store.find(run=str(cfg.folder), problem=g.problem)
-            if roots:
-                root = roots[0]
-            else:  # the samples share the prompt: each one's candidates branch from it
-                root = store.new_conversation(f"{cfg.experiment_name or cfg.folder.name} · {g.problem}",
-                                              system_prompt=SYSTEM, meta={"run": str(cfg.folder), "problem": g.problem})
+            root = roots.get(g.problem)
+            if root is None:  # the samples share the prompt: each one's candidates branch from it
+                root = roots[g.problem] = store.new_conversation(
+                    f"{cfg.experiment_name or cfg.folder.name} · {g.problem}", system_prompt=SYSTEM,
+                    meta={"run": run, "problem": g.problem})
                 user = next(m["content"] for m in g.prompt if m["role"] == "user")
                 store.add_message(root.id, "user", user, meta={"kind": "prompt"})
             anchor_node, anchor_msg = root, store.messages(root.id)[0]
         else:
-            parents = store.find(attempt=f"{g.parent}#{g.parent_candidate}")
-            if not parents:
+            anchor_node = attempts.get(f"{g.parent}#{g.parent_candidate}")
+            if anchor_node is None:
                 continue  # its parent was not evaluated into the tree (cannot happen unless the store was edited)
-            anchor_node = parents[0]
             anchor_msg = next(m for m in reversed(store.messages(anchor_node.id)) if m.meta.get("kind") == "feedback")
         for x in e.evaluations:
             attempt = f"{key}#{x.index}"
-            if store.find(attempt=attempt):
+            if attempt in attempts:
                 continue
             r = x.result
             c = g.candidates[x.index]
@@ -171,7 +152,7 @@ def write_attempts(store, cfg: ExperimentConfig, gen: dict[str, GeneratedRecord]
                     "status": r.status.value,
                     "speedup": r.speedup, "correct": r.counts_as_correct, "chosen": x.index == e.chosen,
                     "score": c.score}
-            node = store.branch(anchor_node.id, anchor_msg, _label(g, x.index, x), meta=meta)
+            node = attempts[attempt] = store.branch(anchor_node.id, anchor_msg, _label(g, x.index, x), meta=meta)
             store.add_message(node.id, "assistant", c.text, meta={"kind": "answer", **meta})
             text = feedback(r, x.parse_status, cfg.target_speedup) or \
                 f"The evaluator itself failed ({r.status.value}); nothing is known about this kernel yet."
@@ -182,11 +163,6 @@ def write_attempts(store, cfg: ExperimentConfig, gen: dict[str, GeneratedRecord]
 
 
 # -- results per round ---------------------------------------------------------------------------
-
-def _geomean(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x and x > 0]
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
-
 
 def round_table(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord]) -> pd.DataFrame:
     """fast_p and geomean speedup per round, per strategy, for two ways of reporting a lineage's kernel:
@@ -217,19 +193,15 @@ def round_table(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord])
                         latest = max(g.round for g in upto)
                         cands = [(g, x) for g in upto if g.round == latest for x in ev[g.key].evaluations
                                  if x.index == g.chosen and x.result.evaluated]
-                        best = max(cands, key=lambda p: _score(p[0].candidates[p[0].chosen].score), default=None)
+                        best = max(cands, key=lambda p: score_key(p[0].candidates[p[0].chosen].score), default=None)
                     if best is not None:
                         picked.append(best[1].result)
-                n = len(picked)
-                row = {"strategy": strategy, "round": r, "selection": selection, "lineages": n,
+                row = {"strategy": strategy, "round": r, "selection": selection, "lineages": len(picked),
                        "tokens": sum(tokens) / len(tokens) if tokens else 0.0}
                 for p in FAST_P:
-                    ok = sum(1 for x in picked if x.counts_as_correct and (p == 0 or (x.speedup or 0) > p))
-                    row[f"fast_{p:g}"] = ok / n if n else None
-                row["geomean_speedup"] = _geomean([x.speedup for x in picked if x.counts_as_correct])
+                    num, den = fast_p(picked, p)
+                    row[f"fast_{p:g}"] = num / den if den else None
+                row["geomean_speedup"] = geomean_speedup(picked)
                 rows.append(row)
     return pd.DataFrame(rows)
 
-
-def _score(x) -> float:
-    return x if isinstance(x, (int, float)) and x == x else float("-inf")

@@ -14,8 +14,6 @@
 """
 from __future__ import annotations
 
-import fcntl
-import os
 import sys
 import threading
 import time
@@ -32,6 +30,7 @@ from kernels_eval.records import EvaluatedRecord, Evaluation, GeneratedRecord, R
 from kaggle_kit.experiment.config import ExperimentConfig, check_resumable
 from kaggle_kit.experiment.deadline import deadline, describe
 from kaggle_kit.experiment.generate import Job, generate_local, generate_remote
+from kaggle_kit.tts.params import sequences_in_flight
 
 RECORDS = "records.jsonl"
 # Until a batch has been measured: seconds per generated token (a 14B AWQ model on two T4s
@@ -87,19 +86,12 @@ class Runner:
         if self.engine is None:  # the service generates in another process: nothing to hold
             yield
             return
-        fd = os.open(self.pool.lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with self.pool.device_held():
             yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     # -- estimates -----------------------------------------------------------------------------
     def _tokens_per_item(self) -> int:
-        c = self.cfg
-        width = {"offline_bon": c.num_trajectories, "online_bon": c.candidates_per_step,
-                 "beam_search": c.beam_size * c.candidates_per_step}[c.strategy]
-        return width * c.max_tokens
+        return sequences_in_flight(self.cfg) * self.cfg.max_tokens
 
     def seconds_per_item(self) -> tuple[float, float]:
         """(generation, evaluation) seconds per item: measured once a batch has run, else upper bounds."""
@@ -177,7 +169,7 @@ class Runner:
             checked = {i: f.result() for i, f in first.items()}
             # passes cleanly > passes but flagged > compiles > the uncertainty score (ties: earliest)
             rank = lambda i: (checked[i][1].counts_as_correct, checked[i][1].correct,  # noqa: E731
-                              checked[i][1].compiled, _score(gen.candidates[i].score), -i)
+                              checked[i][1].compiled, score_key(gen.candidates[i].score), -i)
             chosen = max(range(n), key=rank)
             selection.update(candidate_statuses=[checked[i][1].status.value for i in range(n)])
             futures = {i: f for i, f in first.items() if i != chosen} | {chosen: ask(chosen, True)}
@@ -218,7 +210,8 @@ class Runner:
         self.pool.shutdown(cancel=cancel)
 
 
-def _score(x) -> float:
+def score_key(x) -> float:
+    """A candidate's uncertainty score for ranking: a missing or NaN score ranks last."""
     return x if isinstance(x, (int, float)) and x == x else float("-inf")
 
 
@@ -235,44 +228,60 @@ def initial_jobs(cfg: ExperimentConfig, problems: dict[str, Problem]) -> list[Jo
             for s in range(cfg.num_samples)]
 
 
-def run(cfg: ExperimentConfig, engine=None, progress: bool | None = None,
-        log: Callable[[str], None] = _stderr, **runner_options) -> RunOutcome:
-    """Run (or resume) the experiment `cfg` describes; returns what this run did."""
+def run_round(runner: Runner, jobs: list[Job], round_: int = 1) -> None:
+    """Generate and submit one round's jobs in batches: first re-submit what an earlier session
+    generated but did not finish evaluating, skip what it generated, stop before a batch that
+    cannot finish by the deadline. Evaluations keep running in the pool (`runner.drain()`)."""
     from tqdm.auto import tqdm
 
+    cfg, log = runner.cfg, runner.log
+    gen, ev = runner.store.latest()
+    earlier = {k: g for k, g in gen.items() if g.round == round_}
+    if cfg.evaluate:  # generated earlier but never (fully) evaluated: a killed or stopped session
+        for key, g in earlier.items():
+            if key not in ev or not ev[key].complete:
+                runner.submit(g, ev.get(key))
+    todo = [j for j in jobs if j.key(cfg) not in gen]
+    where = f"round {round_}/{cfg.refine_rounds}" if cfg.refine_rounds > 1 else ""
+    if earlier:
+        log(f"resuming {cfg.folder}{' ' + where if where else ''}: {len(earlier)} items already generated, "
+            f"{sum(ev[k].complete for k in earlier if k in ev)} evaluated; {len(todo)} to generate")
+    if todo:
+        log((f"refinement {where}: " if where else "") + runner.estimate(len(todo)))
+    bar = tqdm(total=len(todo), desc=f"generate {where}".strip(), unit="item",
+               disable=True if runner.progress is False else None)
+    for start in range(0, len(todo), cfg.batch_size):
+        batch = todo[start: start + cfg.batch_size]
+        gen_s, ev_s = runner.seconds_per_item()
+        # Until one batch has been measured there is no honest estimate: the first batch goes.
+        if runner.gen_s_per_item is not None and runner.time_left() < len(batch) * gen_s + ev_s:
+            left = len(todo) - start
+            runner.outcome.stopped_early = True
+            runner.outcome.pending = left
+            runner.outcome.messages.append(
+                f"deadline: stopped {'in ' + where + ' ' if where else ''}before {left} item(s) that cannot finish "
+                f"in time ({describe(runner.time_left())} left, ~{describe(len(batch) * gen_s + ev_s)} needed for the "
+                f"next batch). Every finished item is in {runner.store.path}: rerun the same command or notebook "
+                f"(in a new session, or another Kaggle kernel given this folder) to resume.")
+            break
+        for record in runner.generate(batch):
+            if cfg.evaluate:
+                runner.submit(record)
+        bar.update(len(batch))
+    bar.close()
+
+
+def run(cfg: ExperimentConfig, engine=None, progress: bool | None = None,
+        log: Callable[[str], None] = _stderr, **runner_options) -> RunOutcome:
+    """Run (or resume) the experiment `cfg` describes; returns what this run did. With
+    cfg.refine_rounds > 1 this is the refinement loop (`kaggle_kit.experiment.refine`)."""
+    if cfg.refine_rounds > 1:
+        from kaggle_kit.experiment.refine import refine
+
+        return refine(cfg, engine, progress, log, **runner_options)
     runner = Runner(cfg, engine, progress, log, **runner_options)
     try:
-        gen, ev = runner.store.latest()
-        jobs = [j for j in initial_jobs(cfg, runner.problems) if j.key(cfg) not in gen]
-        if cfg.evaluate:  # generated earlier but never (fully) evaluated: a killed or stopped session
-            for key, g in gen.items():
-                if g.round == 1 and (key not in ev or not ev[key].complete):
-                    runner.submit(g, ev.get(key))
-        if gen:
-            log(f"resuming {cfg.folder}: {len(gen)} items already generated, {sum(e.complete for e in ev.values())} "
-                f"evaluated; {len(jobs)} to generate")
-        if jobs:
-            log(runner.estimate(len(jobs)))
-        bar = tqdm(total=len(jobs), desc="generate", unit="item", disable=True if progress is False else None)
-        for start in range(0, len(jobs), cfg.batch_size):
-            batch = jobs[start: start + cfg.batch_size]
-            gen_s, ev_s = runner.seconds_per_item()
-            # Until one batch has been measured there is no honest estimate: the first batch goes.
-            if runner.gen_s_per_item is not None and runner.time_left() < len(batch) * gen_s + ev_s:
-                left = len(jobs) - start
-                runner.outcome.stopped_early = True
-                runner.outcome.pending = left
-                runner.outcome.messages.append(
-                    f"deadline: stopped before {left} item(s) that cannot finish in time "
-                    f"({describe(runner.time_left())} left, ~{describe(len(batch) * gen_s + ev_s)} needed for the "
-                    f"next batch). Every finished item is in {runner.store.path}: rerun the same command or notebook "
-                    f"(in a new session, or another Kaggle kernel given this folder) to resume.")
-                break
-            for record in runner.generate(batch):
-                if cfg.evaluate:
-                    runner.submit(record)
-            bar.update(len(batch))
-        bar.close()
+        run_round(runner, initial_jobs(cfg, runner.problems))
         runner.drain()
     finally:
         runner.close()

@@ -114,7 +114,7 @@ def write_tables(t: Tables) -> Tables:
 def load_run(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(results, candidates, steps) of a run folder, or of every run folder below it (sweeps)."""
     out = Path(out_dir)
-    folders = sorted({p.parent for p in out.rglob("records.jsonl")})
+    folders = _run_folders(out)
     if not folders:
         raise FileNotFoundError(f"no records.jsonl under {out}: run notebook 02 (or `kaggle-kit run-notebooks`) first")
     parts = [load_tables(f) for f in folders]
@@ -124,6 +124,15 @@ def load_run(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
 
 def load_rounds(out_dir: str | Path) -> pd.DataFrame | None:
     """The refinement table(s) under `out_dir` (None when no run there refined)."""
-    folders = sorted({p.parent for p in Path(out_dir).rglob("records.jsonl")})
-    parts = [t.rounds for t in (load_tables(f) for f in folders) if t.rounds is not None]
+    from kaggle_kit.experiment.refine import round_table
+
+    parts = []
+    for folder in _run_folders(Path(out_dir)):  # only the round table: the other tables are not needed here
+        gen, ev = RecordStore(folder / "records.jsonl").latest()
+        if any(g.round > 1 for g in gen.values()):
+            parts.append(round_table(gen, ev))
     return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def _run_folders(out: Path) -> list[Path]:
+    return sorted({p.parent for p in out.rglob("records.jsonl")})

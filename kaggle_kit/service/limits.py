@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from kaggle_kit.service.errors import ApiError
+from kaggle_kit.tts.params import sequences_in_flight
 
 WIDTH_FIELD = {"offline_bon": "tts_num_trajectories", "online_bon": "tts_candidates_per_step",
                "beam_search": "tts_beam_size"}
@@ -31,14 +32,9 @@ class Limits:
         return asdict(self)
 
 
-def width(params) -> int:
-    return {"offline_bon": params.num_trajectories, "online_bon": params.candidates_per_step,
-            "beam_search": params.beam_size * params.candidates_per_step}[params.strategy]
-
-
 def check(limits: Limits, params, prompt_tokens: int) -> None:
     """Raise a 400 naming the limit a TTS request goes over."""
-    w = width(params)
+    w = sequences_in_flight(params)
     field = WIDTH_FIELD[params.strategy]
     what = f"{field}={getattr(params, field[4:])}" + (
         f" x tts_candidates_per_step={params.candidates_per_step}" if params.strategy == "beam_search" else "")

@@ -267,12 +267,7 @@ class EngineWorker:
 
     def _reap_cancelled(self) -> None:
         for job in [j for j in self.active.values() if j.cancelled.is_set()]:
-            self.engine.abort(sorted(job.rids))
-            self._drop(job)
-            if job.gen is not None:
-                job.gen.close()
-            job.post(Event("error", payload=asyncio.CancelledError()))
-            log.info("[%s] cancelled by the client", job.id)
+            self._fail(job, asyncio.CancelledError(), "cancelled by the client")
 
     def _drop(self, job: Job) -> None:
         for rid in job.rids:
@@ -281,10 +276,13 @@ class EngineWorker:
         job.pending.clear()
         self.active.pop(job.id, None)
 
-    def _fail(self, job: Job, exc: Exception) -> None:
+    def _fail(self, job: Job, exc: BaseException, why: str | None = None) -> None:
+        """End a job early: its sequences leave the engine, its strategy generator is closed."""
         self.engine.abort(sorted(job.rids))
         self._drop(job)
-        log.info("[%s] failed: %s", job.id, exc)
+        if job.gen is not None:
+            job.gen.close()
+        log.info("[%s] %s", job.id, why or f"failed: {exc}")
         job.post(Event("error", payload=exc))
 
     # -- routing engine output ---------------------------------------------------

@@ -9,6 +9,14 @@ from kaggle_kit.tts.scorers import check_scorer
 
 STRATEGIES = ("offline_bon", "online_bon", "beam_search")
 
+
+def sequences_in_flight(p) -> int:
+    """How many sequences a strategy keeps in the engine at once (`p`: TTSParams or any object with
+    the same fields, e.g. an experiment config): offline N, online candidates, beam x candidates."""
+    return {"offline_bon": p.num_trajectories, "online_bon": p.candidates_per_step,
+            "beam_search": p.beam_size * p.candidates_per_step}[p.strategy]
+
+
 # Step boundaries. A blank line separates paragraphs and code blocks; min_step_tokens
 # stops a run of short lines (a CUDA kernel's `}` lines, a list) from becoming
 # dozens of two-token steps, and max_step_tokens bounds a step with no blank line.

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernels_eval.evaluate import cpu_count
+
 from kaggle_kit.engine.memory import DTYPE_BYTES, GIB, MIB, ModelShape, plan_memory, weights_on_disk
 
 # The oldest Linux driver that runs each CUDA major (NVIDIA's CUDA compatibility guide:
@@ -372,7 +374,7 @@ def probe(import_vllm: bool = True, disk_path: str | None = None, timeout: float
         vllm_version=info.get("vllm_version") or (importlib.metadata.version(dist) if dist and not import_vllm else None),
         vllm_error=info.get("vllm_error") if import_vllm and dist else None,
         ram_total_bytes=total, ram_available_bytes=available, disk_free_bytes=shutil.disk_usage(path).free,
-        disk_path=path, cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        disk_path=path, cpu_cores=cpu_count(),
         on_kaggle=bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")),
     )
 

@@ -46,10 +46,16 @@ class Target:
     python: str = KAGGLE_PYTHON
     platforms: tuple[str, ...] = KAGGLE_PLATFORMS
     interpreter: str | None = None  # a Python of version `python` to run pip with (found on PATH if None)
+    _found: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def pip(self) -> str:
         """pip evaluates environment markers (`python_version > "3.11"`) with the interpreter it runs
         on, whatever --python-version says, so it must run on the target's Python."""
+        if self._found is None:  # probed once: every pip call of a build goes through here
+            self._found = self._find_python()
+        return self._found
+
+    def _find_python(self) -> str:
         pyenv = sorted(Path.home().glob(f".pyenv/versions/{self.python}*/bin/python{self.python}"))
         candidates = [self.interpreter] if self.interpreter else [
             sys.executable, shutil.which(f"python{self.python}"), *map(str, pyenv)]
@@ -227,10 +233,11 @@ def build_wheels(folder: str | Path, requirements: list[str] | None = None, *, i
     if no_index:
         source.append("--no-index")
     reqs = list(requirements or [])
-    own = None
+    own = own_req = None
     if include_self:
         own = build_own_wheel(folder)  # pure Python: built with this interpreter
-        reqs.append(f"{own}[{extra}]" if extra else str(own))
+        own_req = f"{own}[{extra}]" if extra else str(own)
+        reqs.append(own_req)
     with tempfile.TemporaryDirectory() as tmp:
         items, provided, replaced = plan_downloads(reqs, image, target, source, Path(tmp))
     pins = [f"{it['metadata']['name']}=={it['metadata']['version']}" for it in items
@@ -243,8 +250,8 @@ def build_wheels(folder: str | Path, requirements: list[str] | None = None, *, i
     report.wheels = [w.name for w in wheels]
     report.total_bytes = sum(w.stat().st_size for w in wheels)
     if check:
-        offline_reqs = [(f"kaggle_kit[{extra}]" if extra else "kaggle_kit") if r == (f"{own}[{extra}]" if extra else str(own))
-                        else r for r in reqs]
+        # offline, our own wheel is found by name in the folder like every other
+        offline_reqs = [(f"kaggle_kit[{extra}]" if extra else "kaggle_kit") if r == own_req else r for r in reqs]
         check_offline(folder, offline_reqs, provided, target)
         report.resolves_offline = True
     (folder / "wheels-manifest.json").write_text(json.dumps(
