@@ -80,12 +80,12 @@ def fairness(share: int | None, n: int = 12) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=".cache/tiny-model")
+    ap.add_argument("--model", default=None, help="default: the tiny model cache")
     ap.add_argument("--share", nargs="+", default=["1", "none"])
     ap.add_argument("--only-fairness", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from kaggle_kit.workflow.demo import ensure_tiny_model
+    from kaggle_kit.tiny import ensure_tiny_model
 
     kk.ensure_model(str(ensure_tiny_model(args.model)))
     report = {"fairness": []}

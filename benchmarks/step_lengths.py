@@ -102,11 +102,11 @@ def solution_answers() -> list[str]:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=".cache/tiny-model")
+    ap.add_argument("--model", default=None, help="default: the tiny model cache")
     ap.add_argument("--window", type=int, default=5120, help="the Kaggle max_model_len")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from kaggle_kit.workflow.demo import ensure_tiny_model
+    from kaggle_kit.tiny import ensure_tiny_model
 
     kk.ensure_model(str(ensure_tiny_model(args.model)), max_model_len=args.window)
     eng = kk.VLLMClient.get_engine()

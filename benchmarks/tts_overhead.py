@@ -100,10 +100,10 @@ def measure(engine, strategy: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=".cache/tiny-model")
+    ap.add_argument("--model", default=None, help="default: the tiny model cache")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
-    from kaggle_kit.workflow.demo import ensure_tiny_model
+    from kaggle_kit.tiny import ensure_tiny_model
 
     kk.ensure_model(str(ensure_tiny_model(args.model)))
     engine = kk.VLLMClient.get_engine()

@@ -70,24 +70,54 @@ def chosen_vs_rejected(candidates: pd.DataFrame):
     return fig
 
 
-def cost_benefit(results: pd.DataFrame):
-    """Correctness and speedup against tokens spent, per strategy."""
+def _method(df: pd.DataFrame) -> pd.Series:
+    """A run's method label ('beam_search/entropy'); tables from before the label have the strategy."""
+    return df["method"] if "method" in df.columns else df["strategy"]
+
+
+def selection_table(results: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
+    """Per method (round 1): how often the chosen kernel is correct, against a random pick among the
+    same candidates (the mean fraction correct per item) and the oracle (any candidate correct), with
+    the AUROC of the score for correctness, the tokens spent and the geomean speedup of correct picks."""
+    rows = []
+    res = results[results["round"] == 1] if "round" in results.columns else results
+    cand = candidates[candidates["round"] == 1] if "round" in candidates.columns else candidates
+    for method, g in res.groupby(_method(res)):
+        c = cand[_method(cand) == method] if len(cand) else cand
+        per_item = c.groupby("key")["correct"] if len(c) else None
+        sp = g["eval_speedup"][g["eval_correct"].astype(bool)].dropna() if "eval_speedup" in g else pd.Series(dtype=float)
+        rows.append({"method": method, "items": len(g), "chosen_correct": g["eval_correct"].astype(bool).mean(),
+                     "random_pick": per_item.mean().mean() if per_item is not None else np.nan,
+                     "oracle": per_item.any().mean() if per_item is not None else np.nan,
+                     "auroc": auroc(c["aggregated_score"], c["correct"]) if len(c) else np.nan,
+                     "tokens_per_item": g["usage_generated_tokens"].mean(),
+                     "geomean_speedup": float(np.exp(np.log(sp[sp > 0]).mean())) if (sp > 0).any() else np.nan})
+    return pd.DataFrame(rows)
+
+
+def cost_benefit(results: pd.DataFrame, candidates: pd.DataFrame | None = None):
+    """Correctness and speedup against tokens spent, a point per method (strategy/scorer); with the
+    candidates, a bar from a random pick to the oracle behind each point."""
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for strat, g in results.groupby("strategy"):
-        tokens = g["usage_generated_tokens"].mean()
-        correct = g.get("eval_correct", pd.Series([False] * len(g))).fillna(False).astype(bool).mean()
-        sp = g.get("eval_speedup", pd.Series(dtype=float)).dropna()
-        speed = float(np.exp(np.log(sp[sp > 0]).mean())) if (sp > 0).any() else np.nan
-        a1.scatter([tokens], [correct], s=60, label=strat)
-        a2.scatter([tokens], [speed if np.isfinite(speed) else 0], s=60, label=strat,
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if candidates is None or "key" not in candidates.columns:
+        candidates = pd.DataFrame(columns=["key", "correct", "aggregated_score", "method", "strategy"])
+    table = selection_table(results, candidates)
+    for i, row in table.iterrows():
+        color, x = f"C{i % 10}", row["tokens_per_item"]
+        if np.isfinite(row["random_pick"]):
+            a1.plot([x, x], [row["random_pick"], row["oracle"]], color=color, lw=6, alpha=0.25, solid_capstyle="butt")
+            a1.scatter([x], [row["random_pick"]], marker="_", s=120, color=color)
+        a1.scatter([x], [row["chosen_correct"]], s=60, color=color, label=row["method"], zorder=3)
+        speed = row["geomean_speedup"]
+        a2.scatter([x], [speed if np.isfinite(speed) else 0], s=60, color=color, label=row["method"],
                    marker="o" if np.isfinite(speed) else "x")
-    a1.set(title="Correct kernels vs tokens spent", xlabel="generated tokens per problem (all candidates)",
-           ylabel="fraction correct", ylim=(-0.05, 1.05))
-    a2.set(title="Speedup vs tokens spent (x: nothing correct)", xlabel="generated tokens per problem (all candidates)",
-           ylabel="geomean speedup over PyTorch")
-    a1.legend(title="strategy")
-    a2.legend(title="strategy")
+    a1.set(title="Chosen kernel correct vs tokens spent\n(bar: random pick to oracle among the same candidates)",
+           xlabel="generated tokens per problem (all candidates)", ylabel="fraction correct", ylim=(-0.05, 1.05))
+    a2.set(title="Speedup of the correct chosen kernels (x: none correct)",
+           xlabel="generated tokens per problem (all candidates)", ylabel="geomean speedup over PyTorch")
+    a1.legend(title="method", fontsize=8)
+    a2.legend(title="method", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -101,26 +131,29 @@ def uncertainty_vs_correctness(candidates: pd.DataFrame):
     ax.boxplot([g if len(g) else [np.nan] for g in groups])
     ax.set_xticks([1, 2], labels=[f"incorrect (n={len(groups[0])})", f"correct (n={len(groups[1])})"])
     a = auroc(candidates["aggregated_score"], correct)
-    ax.set(title=f"Confidence vs kernel correctness (AUROC {'n/a: one class only' if np.isnan(a) else f'{a:.2f}'})",
+    per = {sc: auroc(g["aggregated_score"], g["correct"]) for sc, g in candidates.groupby("scorer")} \
+        if "scorer" in candidates.columns and candidates["scorer"].nunique() > 1 else {}
+    ax.set(title=f"Confidence vs kernel correctness (AUROC {'n/a: one class only' if np.isnan(a) else f'{a:.2f}'})"
+           + ("\n" + ", ".join(f"{k} {v:.2f}" for k, v in per.items() if np.isfinite(v)) if per else ""),
            ylabel="aggregated score (higher = more confident)")
     fig.tight_layout()
     return fig
 
 
 def refinement_rounds(rounds: pd.DataFrame):
-    """Per refinement round: the fraction of lineages with a correct kernel faster than PyTorch (fast_1)
+    """Per refinement round: the fraction of lineages with a correct kernel (fast_0)
     and the geometric-mean speedup, a line per strategy; solid = execution-first selection,
     dashed = what the uncertainty score alone would have reported."""
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for i, (strategy, g) in enumerate(rounds.groupby("strategy")):
+    for i, (strategy, g) in enumerate(rounds.groupby(_method(rounds))):
         color = f"C{i}"
         for selection, style in (("execution", "-"), ("uncertainty", "--")):
             h = g[g["selection"] == selection].sort_values("round")
             label = f"{strategy} ({selection})"
-            a1.plot(h["round"], h["fast_1"].astype(float), style, color=color, marker="o", label=label)
+            a1.plot(h["round"], h["fast_0"].astype(float), style, color=color, marker="o", label=label)
             a2.plot(h["round"], h["geomean_speedup"].astype(float).fillna(0), style, color=color, marker="o", label=label)
-    a1.set(title="fast_1 per refinement round", xlabel="round", ylabel="fraction of lineages", ylim=(-0.05, 1.05))
+    a1.set(title="fast_0 (correct) per refinement round", xlabel="round", ylabel="fraction of lineages", ylim=(-0.05, 1.05))
     a2.set(title="geomean speedup of correct kernels (0: none)", xlabel="round", ylabel="speedup over PyTorch")
     for ax in (a1, a2):
         ax.set_xticks(sorted(rounds["round"].unique()))
@@ -138,7 +171,7 @@ def save_all(results: pd.DataFrame, candidates: pd.DataFrame, steps: pd.DataFram
     figures = {
         "step_score_traces.png": step_score_traces(steps),
         "chosen_vs_rejected.png": chosen_vs_rejected(candidates),
-        "cost_benefit.png": cost_benefit(results),
+        "cost_benefit.png": cost_benefit(results, candidates),
         "uncertainty_vs_correctness.png": uncertainty_vs_correctness(candidates),
     }
     if rounds is not None and len(rounds):

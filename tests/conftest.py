@@ -38,10 +38,12 @@ TINY = {"max_model_len": 20480}
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    from kaggle_kit.tiny import build_tiny_model
+def tiny_model_dir():
+    """The planted-kernels tiny model, from its per-recipe cache (built there once per machine and
+    recipe: ~4 minutes; `tests/test_tiny_model.py` checks that a build is reproducible)."""
+    from kaggle_kit.tiny import ensure_tiny_model
 
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0))
+    return str(ensure_tiny_model())
 
 
 @pytest.fixture(scope="session")

@@ -93,7 +93,7 @@ def test_rendering_equals_qwen3s_own_template(engine, tiny_model_dir, name, thin
 
 
 def test_qwen3_tokens_and_ids(engine):
-    from kaggle_kit import qwen3_tokenizer as q3
+    from kaggle_kit.tiny import tokenizer as q3
 
     tok = engine.tokenizer
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]

@@ -196,3 +196,18 @@ def test_sweep_continues_past_a_failed_point(tmp_path, tiny_model_dir):
     table = pd.read_csv(tmp_path / "sw" / "sweep_results.csv")
     assert sorted(table["sweep_strategy"]) == ["offline_bon", "online_bon"]
     assert set(table["strategy"]) == {"offline_bon", "online_bon"}
+
+
+def test_selection_table_compares_the_choice_with_a_random_pick_and_the_oracle():
+    results = pd.DataFrame({"key": ["k1", "k2", "k3"], "method": ["a/entropy", "a/entropy", "b/execution"],
+                            "round": [1, 1, 1], "eval_correct": [True, False, False],
+                            "eval_speedup": [2.0, None, None], "usage_generated_tokens": [100, 300, 50]})
+    candidates = pd.DataFrame({"key": ["k1", "k1", "k2", "k2", "k3", "k3", "k3"],
+                               "method": ["a/entropy"] * 4 + ["b/execution"] * 3, "round": [1] * 7,
+                               "correct": [True, False, False, False, True, True, False],
+                               "aggregated_score": [0.9, 0.1, 0.5, 0.4, 0.2, 0.3, 0.8]})
+    t = plots.selection_table(results, candidates).set_index("method")
+    assert t.loc["a/entropy", ["chosen_correct", "random_pick", "oracle"]].tolist() == [0.5, 0.25, 0.5]
+    assert t.loc["b/execution", "random_pick"] == pytest.approx(2 / 3) and t.loc["b/execution", "oracle"] == 1.0
+    assert t.loc["a/entropy", "tokens_per_item"] == 200 and t.loc["a/entropy", "geomean_speedup"] == 2.0
+    assert t.loc["b/execution", "auroc"] == 0.0 and np.isnan(t.loc["b/execution", "geomean_speedup"])

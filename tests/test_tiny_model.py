@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kaggle_kit import qwen3_tokenizer as q3
+from kaggle_kit.tiny import tokenizer as q3
 from kaggle_kit.tiny import build_tiny_model
 
 
@@ -30,6 +30,7 @@ def test_tiny_model_shape(tiny_model_dir):
     cfg = json.loads((Path(tiny_model_dir) / "config.json").read_text())
     assert cfg["architectures"] == ["Qwen3ForCausalLM"]
     assert cfg["head_dim"] == 64 and cfg["num_hidden_layers"] == 2 and cfg["hidden_size"] == 128
+    assert cfg["num_attention_heads"] == 4 and cfg["num_key_value_heads"] == 2  # grouped-query, as Qwen3's
     assert (cfg.get("dtype") or cfg.get("torch_dtype")) == "float32"
     assert cfg["vocab_size"] == 151936 and cfg["eos_token_id"] == 151645 and cfg["bos_token_id"] == 151643
 
@@ -81,3 +82,28 @@ def test_a_local_copy_is_used_and_checked(tmp_path, monkeypatch):
     (tmp_path / "tokenizer_config.json").write_text("{}")
     with pytest.raises(q3.TokenizerUnavailable, match="sha256"):
         q3.qwen3_tokenizer_files()
+
+
+def test_the_cached_model_is_rebuilt_when_its_recipe_changes(tmp_path, monkeypatch):
+    """ensure_tiny_model reuses a folder stamped with the current recipe, rebuilds a stale or
+    half-written one, and never leaves a half-built model where a whole one is expected."""
+    from kaggle_kit.tiny import model as tm
+
+    builds = []
+
+    def fake_build(path, seed=0, train_steps=tm.TRAIN_STEPS):
+        builds.append(Path(path).name)
+        Path(path).mkdir(parents=True)
+        (Path(path) / "config.json").write_text("{}")
+        (Path(path) / tm.RECIPE_FILE).write_text(tm.recipe(seed, train_steps) + "\n")
+        return Path(path)
+
+    monkeypatch.setattr(tm, "build_tiny_model", fake_build)
+    monkeypatch.setenv("KK_CACHE_DIR", str(tmp_path))
+    first = tm.ensure_tiny_model()
+    assert first == tmp_path / "tiny-model" / tm.recipe() and builds == [f"{tm.recipe()}.partial"]
+    assert tm.ensure_tiny_model() == first and len(builds) == 1  # reused
+    (first / tm.RECIPE_FILE).write_text("an-older-recipe\n")
+    assert tm.ensure_tiny_model() == first and len(builds) == 2  # stale: rebuilt
+    assert not first.with_name(first.name + ".partial").exists()
+    assert tm.recipe(seed=1) != tm.recipe() and tm.recipe(train_steps=5) != tm.recipe()

@@ -9,7 +9,10 @@ signature; it runs the same pipeline and returns the tables.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+
+import pandas as pd
 
 from kaggle_kit.experiment.config import ExperimentConfig
 from kaggle_kit.experiment.runner import RunOutcome, run
@@ -21,22 +24,57 @@ __all__ = ["ExperimentConfig", "RunOutcome", "Tables", "Experiment", "run", "run
            "load_rounds", "load_tables", "write_tables"]
 
 
-def run_tts_kernels(problems: list[str] | None = None, *, strategy: str = "online_bon", scorer: str = "entropy",
+def _names(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """'a,b' (papermill-friendly) or a list -> names."""
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    return [n for n in names if n] or [""]
+
+
+def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[str] = "online_bon",
+                    scorer: str | list[str] = "entropy",
                     device: str = "cuda", out_dir: str | Path = "runs/latest", evaluate_kernels: bool = True,
                     evaluate_candidates: bool = True, thinking: bool = False, eval_options: dict | None = None,
-                    progress: bool | None = None, deadline=None, workers: int | None = None, verifier: str = "uncertainty",
+                    progress: bool | None = None, deadline=None, workers: int | None = None,
+                    verifier: str | list[str] = "uncertainty",
                     refine_rounds: int = 1, refine_width: int = 1, target_speedup: float = 1.0,
                     **tts_params) -> Tables:
     """Notebook 02: run (or resume) the experiment in `out_dir` and return its tables (also written as CSV).
 
     refine_rounds > 1 refines with execution feedback (`kaggle_kit.experiment.refine`) and
     keeps the attempts as a subchat tree in `out_dir/attempts.sqlite`.
+
+    Several strategies, scorers or verifiers ("offline_bon,beam_search", or lists) run as a grid,
+    one run folder each (`out_dir/<strategy>-<scorer>`, `out_dir/<strategy>-execution`; the execution
+    verifier picks by running the candidates, so it runs once per strategy, not once per scorer),
+    on the same engine; the tables returned cover them all.
     """
     eval_options = {"trials": 3, **(eval_options or {})}
-    cfg = ExperimentConfig(experiment_name="", out_dir=str(out_dir), problems=problems, strategy=strategy,
-                           scorer=scorer, device=device, evaluate=evaluate_kernels,
-                           evaluate_candidates=evaluate_candidates, thinking=thinking, deadline=deadline,
-                           workers=workers, verifier=verifier, refine_rounds=refine_rounds, refine_width=refine_width,
-                           target_speedup=target_speedup, **eval_options, **tts_params)
-    run(cfg, progress=progress)
-    return write_tables(load_tables(cfg.folder))
+    points = []
+    for s, v in itertools.product(_names(strategy), _names(verifier)):
+        for sc in (_names(scorer)[:1] if v == "execution" else _names(scorer)):
+            if (s, sc, v) not in points:
+                points.append((s, sc, v))
+    grid = len(points) > 1
+    parts = []
+    for s, sc, v in points:
+        name = f"{s}-{'execution' if v == 'execution' else sc}" if grid else ""
+        cfg = ExperimentConfig(experiment_name=name, out_dir=str(out_dir), problems=problems, strategy=s,
+                               scorer=sc, device=device, evaluate=evaluate_kernels,
+                               evaluate_candidates=evaluate_candidates, thinking=thinking, deadline=deadline,
+                               workers=workers, verifier=v, refine_rounds=refine_rounds, refine_width=refine_width,
+                               target_speedup=target_speedup, **eval_options, **tts_params)
+        run(cfg, progress=progress)
+        parts.append(write_tables(load_tables(cfg.folder)))
+    if not grid:
+        return parts[0]
+    return write_tables(combine(parts, Path(out_dir)))  # the grid's tables beside its run folders
+
+
+def combine(parts: list[Tables], out_dir: Path) -> Tables:
+    """One set of tables over several runs (a grid): rows concatenated, summaries by run folder."""
+    frames = {name: pd.concat([getattr(p, name) for p in parts], ignore_index=True)
+              for name in ("results", "candidates", "steps")}
+    rounds = [p.rounds for p in parts if p.rounds is not None]
+    summary = {"runs": {p.out_dir.name: p.summary for p in parts}}
+    return Tables(frames["results"], frames["candidates"], frames["steps"], summary, out_dir,
+                  pd.concat(rounds, ignore_index=True) if rounds else None)

@@ -171,8 +171,10 @@ def round_table(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord])
     tokens: generated tokens spent on the lineage up to that round (mean over lineages)."""
     rows = []
     lineages: dict[tuple, list[GeneratedRecord]] = defaultdict(list)
+    scorer = {}
     for g in gen.values():
         lineages[(g.strategy, lineage(g.key))].append(g)
+        scorer[g.strategy] = g.scorer
     strategies = sorted({s for s, _ in lineages})
     last = max((g.round for g in gen.values()), default=0)
     for strategy in strategies:
@@ -196,7 +198,8 @@ def round_table(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord])
                         best = max(cands, key=lambda p: score_key(p[0].candidates[p[0].chosen].score), default=None)
                     if best is not None:
                         picked.append(best[1].result)
-                row = {"strategy": strategy, "round": r, "selection": selection, "lineages": len(picked),
+                row = {"strategy": strategy, "scorer": scorer[strategy], "round": r, "selection": selection,
+                       "lineages": len(picked),
                        "tokens": sum(tokens) / len(tokens) if tokens else 0.0}
                 for p in FAST_P:
                     num, den = fast_p(picked, p)

@@ -39,14 +39,30 @@ def _eval_fields(prefix: str, ev) -> dict:
                f"{prefix}evaluated": r.evaluated})
 
 
-def tables(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord], out_dir: Path) -> Tables:
+def method_label(strategy: str, scorer: str, verifier: str = "uncertainty") -> str:
+    """How a run picks its kernel, as figures and tables name it: 'beam_search/entropy', or
+    'offline_bon/execution' when candidates are picked by running them."""
+    return f"{strategy}/{'execution' if verifier == 'execution' else scorer}"
+
+
+def run_verifier(folder: Path) -> str:
+    """The verifier a run folder's records were made with (run.json), 'uncertainty' if unknown."""
+    try:
+        return json.loads((Path(folder) / "run.json").read_text())["fingerprint"].get("verifier") or "uncertainty"
+    except (OSError, ValueError, KeyError):
+        return "uncertainty"
+
+
+def tables(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord], out_dir: Path,
+           verifier: str = "uncertainty") -> Tables:
     rows, cand_rows, step_rows = [], [], []
     for key, g in gen.items():
         e = ev.get(key)
         by_index = {x.index: x for x in (e.evaluations if e else [])}
         chosen = e.chosen if e else g.chosen
         row = {"key": key, "problem": g.problem, "sample": g.sample, "round": g.round, "parent": g.parent,
-               "strategy": g.strategy, "scorer": g.scorer, "chosen": chosen, "uncertainty_choice": g.chosen,
+               "strategy": g.strategy, "scorer": g.scorer, "method": method_label(g.strategy, g.scorer, verifier),
+               "chosen": chosen, "uncertainty_choice": g.chosen,
                "aggregated_score": g.tts.get("aggregated_score"), "completion_reason": g.tts.get("completion_reason"),
                "num_candidates": len(g.candidates), "num_steps": g.candidates[g.chosen].num_steps if g.candidates else 0,
                "num_tokens": g.candidates[g.chosen].num_tokens if g.candidates else 0,
@@ -59,7 +75,8 @@ def tables(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord], out_
         for c in g.candidates:
             x = by_index.get(c.index)
             cand_rows.append({"key": key, "problem": g.problem, "sample": g.sample, "round": g.round,
-                              "strategy": g.strategy, "scorer": g.scorer, "candidate": c.index,
+                              "strategy": g.strategy, "scorer": g.scorer,
+                              "method": method_label(g.strategy, g.scorer, verifier), "candidate": c.index,
                               "chosen": c.index == chosen, "picked_by_score": c.index == g.chosen,
                               "aggregated_score": c.score, "num_tokens": c.num_tokens, "num_steps": c.num_steps,
                               "completion_reason": c.completion_reason,
@@ -72,13 +89,22 @@ def tables(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord], out_
                               "strategy": g.strategy, "scorer": g.scorer, **s})
     results, candidates, steps = pd.DataFrame(rows), pd.DataFrame(cand_rows), pd.DataFrame(step_rows)
     summary = summarise(gen, ev)
-    rounds = None
-    if any(g.round > 1 for g in gen.values()):
-        from kaggle_kit.experiment.refine import round_table
-
-        rounds = round_table(gen, ev)
+    rounds = rounds_of(gen, ev, verifier)
+    if rounds is not None:
         summary["rounds"] = rounds.to_dict(orient="records")
     return Tables(results, candidates, steps, summary, out_dir, rounds)
+
+
+def rounds_of(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord],
+              verifier: str = "uncertainty") -> pd.DataFrame | None:
+    """The refinement table of a run (None when it did not refine), labelled with its method."""
+    if not any(g.round > 1 for g in gen.values()):
+        return None
+    from kaggle_kit.experiment.refine import round_table
+
+    t = round_table(gen, ev)
+    t.insert(1, "method", [method_label(st, sc, verifier) for st, sc in zip(t["strategy"], t["scorer"])])
+    return t
 
 
 def summarise(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord]) -> dict:
@@ -96,7 +122,7 @@ def summarise(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord]) -
 def load_tables(folder: str | Path) -> Tables:
     folder = Path(folder)
     gen, ev = RecordStore(folder / "records.jsonl").latest()
-    return tables(gen, ev, folder)
+    return tables(gen, ev, folder, run_verifier(folder))
 
 
 def write_tables(t: Tables) -> Tables:
@@ -124,13 +150,11 @@ def load_run(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
 
 def load_rounds(out_dir: str | Path) -> pd.DataFrame | None:
     """The refinement table(s) under `out_dir` (None when no run there refined)."""
-    from kaggle_kit.experiment.refine import round_table
-
     parts = []
     for folder in _run_folders(Path(out_dir)):  # only the round table: the other tables are not needed here
-        gen, ev = RecordStore(folder / "records.jsonl").latest()
-        if any(g.round > 1 for g in gen.values()):
-            parts.append(round_table(gen, ev))
+        t = rounds_of(*RecordStore(folder / "records.jsonl").latest(), run_verifier(folder))
+        if t is not None:
+            parts.append(t)
     return pd.concat(parts, ignore_index=True) if parts else None
 
 

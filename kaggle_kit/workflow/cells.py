@@ -16,18 +16,17 @@ def resolve_device(device: str = "auto") -> str:
         return "cpu"
 
 
-def _model_dir(model_path: str | None, tiny: bool, tiny_dir: str) -> str | None:
-    """The model folder a stage uses: the tiny model (built on first use) or `model_path`."""
+def _model_dir(model_path: str | None, tiny: bool, tiny_dir: str | None) -> str | None:
+    """The model folder a stage uses: the tiny model (built on first use, rebuilt when its recipe
+    changed; None: the shared cache) or `model_path`."""
     if not tiny:
         return model_path
-    if not (Path(tiny_dir) / "config.json").exists():
-        from kaggle_kit.tiny import build_tiny_model
+    from kaggle_kit.tiny import ensure_tiny_model
 
-        build_tiny_model(tiny_dir)
-    return tiny_dir
+    return str(ensure_tiny_model(tiny_dir))
 
 
-def preflight(model_path: str | None = None, tiny: bool = False, tiny_dir: str = ".cache/tiny-model",
+def preflight(model_path: str | None = None, tiny: bool = False, tiny_dir: str | None = None,
               max_model_len: int | None = None):
     """`kaggle-kit doctor` as the first cell: prints the checks, stops the notebook on a failure."""
     from kaggle_kit.workflow import doctor
@@ -36,7 +35,7 @@ def preflight(model_path: str | None = None, tiny: bool = False, tiny_dir: str =
     return doctor.check(_model_dir(model_path, tiny, tiny_dir), overrides)
 
 
-def setup_model(model_path: str | None = None, tiny: bool = False, tiny_dir: str = ".cache/tiny-model",
+def setup_model(model_path: str | None = None, tiny: bool = False, tiny_dir: str | None = None,
                 max_model_len: int | None = None) -> dict:
     """Build the tiny model if asked, then load and register the model once (later stages reuse it)."""
     import os

