@@ -34,6 +34,8 @@ def step_score_traces(steps: pd.DataFrame, problem: str | None = None):
     plt = _plt()
     problem = problem or steps["problem"].iloc[0]
     df = steps[steps["problem"] == problem]
+    if "method" in df.columns:  # a grid: the runs of several methods share item keys
+        df = df[df["method"] == df["method"].iloc[0]]
     if "key" in df.columns:  # one search tree: the first item of that problem (ids restart per item)
         df = df[df["key"] == df["key"].iloc[0]]
     by_id = df.set_index("id")

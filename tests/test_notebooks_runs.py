@@ -211,3 +211,14 @@ def test_selection_table_compares_the_choice_with_a_random_pick_and_the_oracle()
     assert t.loc["b/execution", "random_pick"] == pytest.approx(2 / 3) and t.loc["b/execution", "oracle"] == 1.0
     assert t.loc["a/entropy", "tokens_per_item"] == 200 and t.loc["a/entropy", "geomean_speedup"] == 2.0
     assert t.loc["b/execution", "auroc"] == 0.0 and np.isnan(t.loc["b/execution", "geomean_speedup"])
+
+
+def test_step_traces_of_a_grid_draw_one_run_s_tree(tmp_path):
+    """A grid's runs share item keys (same problem, sample, strategy): the traces take one method's tree."""
+    _, _, steps = _tables()
+    steps = pd.concat([steps.assign(key="k", method="beam_search/entropy"),
+                       steps.assign(key="k", method="beam_search/perplexity", score=steps["score"] / 2)])
+    fig = plots.step_score_traces(steps)
+    assert "entropy" in fig.axes[0].get_title()
+    chosen = [line for line in fig.axes[0].get_lines() if line.get_label() == "chosen path"][0]
+    assert list(chosen.get_ydata()) == [0.5, 0.7, 0.9]

@@ -86,7 +86,8 @@ def tables(gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord], out_
                               "speedup": x.result.speedup if x else None})
         for s in g.steps:
             step_rows.append({"key": key, "problem": g.problem, "sample": g.sample, "round": g.round,
-                              "strategy": g.strategy, "scorer": g.scorer, **s})
+                              "strategy": g.strategy, "scorer": g.scorer,
+                              "method": method_label(g.strategy, g.scorer, verifier), **s})
     results, candidates, steps = pd.DataFrame(rows), pd.DataFrame(cand_rows), pd.DataFrame(step_rows)
     summary = summarise(gen, ev)
     rounds = rounds_of(gen, ev, verifier)
