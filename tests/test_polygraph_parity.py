@@ -31,7 +31,9 @@ def test_scorers_match_lm_polygraph_on_vllm_logprobs(registered):
     from vllm.inputs import TokensPrompt
 
     ids = prompt_ids(registered.tokenizer, MSGS, enable_thinking=False)
-    spec = SamplingSpec(n=3, temperature=1.2, max_tokens=80, logprobs=5, seed=3)
+    # temperature 2: the planted-kernels model is sure of most tokens, and the case of a sampled token
+    # outside the returned top-5 must still occur
+    spec = SamplingSpec(n=3, temperature=2.0, max_tokens=80, logprobs=5, seed=3)
     # vLLM's own output objects (dict-form logprobs), as lm-polygraph's vLLM path consumes them
     params = to_sampling_params(spec)
     params.flat_logprobs = False
