@@ -12,7 +12,7 @@ checked on CPU), prints:
      would have reported).
 The model's numbers test the toolkit, not a model.
 
-    .venv/bin/python benchmarks/selection_quality.py [--samples 4] [--rounds 3] [--json OUT]
+    .venv/bin/python benchmarks/selection_quality.py [--samples 4] [--rounds 3] [--json OUT] [--fresh]
 """
 from __future__ import annotations
 
@@ -69,13 +69,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="refinement rounds (the last part)")
     ap.add_argument("--out", default="runs/selection_quality")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--fresh", action="store_true", help="delete --out first (default: resume what is there)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
     kk.ensure_model(str(ensure_tiny_model(args.model)))
     problems = args.problems.split(",")
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)  # a fresh measurement, not a resume
+    if args.fresh:
+        shutil.rmtree(out, ignore_errors=True)
 
     mix = mixture(problems, args.mixture_samples)
     print("\n1. what fresh samples are (temperature 0.6, top_p 0.95, top_k 20)")
@@ -110,6 +112,9 @@ def main() -> int:
                      target_speedup=0.0)
         run(cfg, progress=False, log=lambda m: None)
         t = load_tables(cfg.folder).rounds
+        if t is None:  # every lineage solved in round 1: nothing to refine
+            print(f"  {strategy}: every lineage correct in round 1, no refinement round ran")
+            continue
         t["method"] = method_label(strategy, "perplexity")
         rounds.append(t)
     rounds = pd.concat(rounds, ignore_index=True)
