@@ -16,7 +16,7 @@ import pandas as pd
 
 from kaggle_kit.experiment.config import ExperimentConfig
 from kaggle_kit.experiment.runner import RunOutcome, run
-from kaggle_kit.experiment.views import Tables, load_rounds, load_run, load_tables, write_tables
+from kaggle_kit.experiment.views import Tables, load_rounds, load_run, load_tables, method_label, write_tables
 
 Experiment = Tables  # the notebook's name for the tables of a run
 
@@ -57,7 +57,7 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[s
     grid = len(points) > 1
     parts = []
     for s, sc, v in points:
-        name = f"{s}-{'execution' if v == 'execution' else sc}" if grid else ""
+        name = method_label(s, sc, v).replace("/", "-") if grid else ""  # the run's folder: its method
         cfg = ExperimentConfig(experiment_name=name, out_dir=str(out_dir), problems=problems, strategy=s,
                                scorer=sc, device=device, evaluate=evaluate_kernels,
                                evaluate_candidates=evaluate_candidates, thinking=thinking, deadline=deadline,
