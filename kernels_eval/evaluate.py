@@ -44,6 +44,9 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+BUILD_FAILED = "build_failed.txt"  # beside a source's build folder: the compiler's error, kept
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("KK_KERNEL_CACHE", Path.home() / ".cache" / "kaggle_kit" / "kernels"))
 
@@ -113,6 +116,10 @@ def _evaluate_once(problem: Problem, candidate_source: str, device: str, *, tria
     cache = Path(cache_dir or default_cache_dir())
     ext_dir = cache / "build" / key
     cached = ext_dir.is_dir() and any(ext_dir.rglob("*.so"))
+    failed = ext_dir / BUILD_FAILED
+    if failed.is_file():  # the compiler already rejected this exact source: the same verdict, no rebuild
+        return KernelEvalResult(problem.name, Status.COMPILE_ERROR, source_hash=key, cached_build=True,
+                                message=failed.read_text() + "\n(cached: this exact source failed to build before)")
     ext_dir.mkdir(parents=True, exist_ok=True)
     (cache / "scratch").mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"{problem.name}-", dir=cache / "scratch"))
@@ -145,9 +152,17 @@ def _evaluate_once(problem: Problem, candidate_source: str, device: str, *, tria
     raw["status"] = Status(raw["status"])
     if raw["status"] in (Status.COMPILE_ERROR, Status.RUNTIME_ERROR) and log_tail:
         raw["message"] = (raw.get("message") or "") + f"\n--- candidate output ---\n{log_tail}"
+    if raw["status"] is Status.COMPILE_ERROR and _deterministic_build_error(raw.get("message") or ""):
+        failed.write_text(raw["message"])
     known = KernelEvalResult.__dataclass_fields__
     return KernelEvalResult(problem=problem.name, source_hash=key, cached_build=cached,
                             **{k: v for k, v in raw.items() if k in known and k != "problem"})
+
+
+def _deterministic_build_error(message: str) -> bool:
+    """A compiler's verdict on the source (cached), not a build that was killed or starved (retried)."""
+    return "Error building extension" in message and not re.search(r"Killed|signal|out of memory|No space left",
+                                                                     message, re.IGNORECASE)
 
 
 def unparsed_result(problem: Problem, parsed: ParsedResponse) -> KernelEvalResult:
