@@ -216,6 +216,7 @@ def test_http_api(tmp_path, echo):
 
 
 def test_widget_driven_from_python(store, echo):
+    kk.subchat.widget(store, echo)  # a second call (a re-run cell) gets a widget too, not a module
     ui = kk.subchat.widget(store, echo)
     ctl = ui.controller
     ctl.new_title.value = "widget chat"
@@ -277,3 +278,21 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path):
     again = SubchatStore(path)
     assert again._db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert [n.id for n in again.find(attempt="k#0")] == [sub.id] and again.messages(sub.id)[0].meta == {"speedup": 1.5}
+
+
+def test_the_widget_cell_prints_the_tree_when_ipywidgets_is_missing(tmp_path, monkeypatch):
+    # A notebook run top to bottom must not stop at the last cell of stage 03 on a machine without
+    # ipywidgets (the GPU rehearsal machine had none).
+    import sys
+
+    import kaggle_kit as kk
+
+    store = kk.subchat.open_store(tmp_path / "s.sqlite")
+    root = store.new_conversation("Optimise softmax")
+    hi = store.add_message(root.id, "user", "hi")
+    root.branch(from_message=hi, title="Shared memory")
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets -> ModuleNotFoundError
+    monkeypatch.delitem(sys.modules, "kaggle_kit.subchat.ui", raising=False)
+    shown = kk.subchat.widget(store)
+    assert "- Optimise softmax" in repr(shown) and "  - Shared memory" in repr(shown)
+    assert "pip install ipywidgets" in shown
