@@ -47,7 +47,7 @@ def test_weight_estimate_matches_the_checkpoint_size():
 def test_healthy_kaggle_t4x2_plan(qwen14b):
     r = diagnose(KAGGLE_T4X2, qwen14b)
     assert r.ok, r.render()
-    assert "TRITON_ATTN" in r.check("kernels").detail and "quantization awq" in r.check("kernels").detail
+    assert "TRITON_ATTN" in r.check("kernels").detail and "quantization awq_marlin:" in r.check("kernels").detail
     assert "minor-version compatibility" in r.check("driver").detail
     mem = r.memory
     assert mem["tensor_parallel_size"] == 2 and mem["max_model_len"] == 5120
@@ -95,6 +95,20 @@ def test_h100_keeps_vllms_own_kernels(qwen14b):
     assert r.ok, r.render()
     assert "FLASH_ATTN" in r.check("kernels").detail and "awq_marlin" in r.check("kernels").detail
     assert r.memory["tensor_parallel_size"] == 1 and r.memory["sequences_at_max_len"] > 50
+
+
+def test_doctor_names_the_awq_kernel_from_the_shapes(tmp_path):
+    # Marlin tiles outputs by 64 and inputs by 128 per GPU: Qwen3-14B fits at TP 2; 64 more MLP features
+    # put down_proj's per-GPU input at 8736 (not a multiple of 128), and vLLM then runs the AWQ GEMM kernel.
+    odd = {**QWEN3_14B_AWQ, "intermediate_size": 17408 + 64}
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(odd))
+    detail = diagnose(KAGGLE_T4X2, str(folder)).check("kernels").detail
+    assert "quantization awq:" in detail and "down_proj" in detail
+    no_zp = {**QWEN3_14B_AWQ, "quantization_config": {**QWEN3_14B_AWQ["quantization_config"], "zero_point": False}}
+    (folder / "config.json").write_text(json.dumps(no_zp))
+    assert "quantization awq:" in diagnose(KAGGLE_T4X2, str(folder)).check("kernels").detail
 
 
 def test_cpu_machine_with_the_tiny_model(tiny_model_dir):

