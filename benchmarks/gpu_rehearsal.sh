@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU machine's part of the Kaggle rehearsal (benchmarks/results/rehearsal_*), as it was run.
+# Stage vLLM first (bash ../shared/gpu/stage.sh --notebooks; its last part also carries the tiny
+# model as tiny-fp32.tgz: tar czf .gpu/sN/tiny-fp32.tgz -C ~/.cache/kaggle_kit/tiny-model/<recipe>
+# config.json generation_config.json model.safetensors), then on the GPU machine:
+#
+#   bash benchmarks/gpu_rehearsal.sh measure  OUT   # TTS wall ratios (and where the time goes), sleep/wake
+#   bash benchmarks/gpu_rehearsal.sh start    OUT   # engine start: the emulated T4 x2 plan, and one bare GPU
+#   bash benchmarks/gpu_rehearsal.sh rehearse OUT   # the bundle notebook as one emulated T4 x2 session
+set -euo pipefail
+what=$1; out=$2; mkdir -p "$out"
+export PYTHONPATH=/tmp/site:$PWD KK_QWEN3_TOKENIZER_DIR=/tmp/stg/st/tok
+models=/tmp/kk-models
+if [ ! -f $models/tiny/model.safetensors ]; then  # the fitted tiny model, and its AWQ export by our code
+  mkdir -p $models/tiny && tar xzf /tmp/stg/tiny-fp32.tgz -C $models/tiny
+  cp $KK_QWEN3_TOKENIZER_DIR/tokenizer.json $KK_QWEN3_TOKENIZER_DIR/tokenizer_config.json $models/tiny/
+  python3 -c "from kaggle_kit.tiny.awq import export_awq; export_awq('$models/tiny', '$models/tiny-awq')"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpus.txt"
+case $what in
+  measure)
+    # One GPU, as the earlier H200 measurements (TP 1): where the wall time goes (decode steps per round).
+    CUDA_VISIBLE_DEVICES=0 python3 benchmarks/tts_overhead.py --model $models/tiny \
+      --json "$out/tts_overhead.json" 2>"$out/tts_overhead.log" | tee "$out/tts_overhead.txt"
+    # Sleep/wake over every GPU (TP 2 on a two-GPU machine), the AWQ export.
+    python3 benchmarks/sleep_wake.py --model $models/tiny-awq --json "$out/sleep_wake.json" 2>"$out/sleep_wake.log" \
+      | tee "$out/sleep_wake.txt" ;;
+  start)
+    # Engine start with the plan, as a Kaggle session does it (T4 plan, TP over every GPU, 4 cores),
+    # and on one bare GPU.
+    KK_EMULATE_GPU='Tesla T4:7.5:14.75' timeout 200 taskset -c 0-3 python3 benchmarks/engine_start.py \
+      --model $models/tiny-awq --json "$out/start_t4x2_emulated.json" > "$out/start_t4x2_emulated.log" 2>&1 || true
+    CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/engine_start.py --model $models/tiny \
+      --json "$out/start_h200_tp1.json" > "$out/start_h200_tp1.log" 2>&1 || true
+    tail -n 2 "$out"/start_*.log; grep -h "init engine\|spawn\|fork" "$out"/start_*.log | cut -c1-200 ;;
+  rehearse)
+    # The T4 plan on every GPU, a T4's memory each, Kaggle's 4 cores, builds for sm75 (+PTX for this GPU).
+    # The run folder lives outside OUT so that a second call resumes it (records.jsonl) if this one is cut.
+    work=/tmp/kk-rehearsal; mkdir -p $work
+    KK_EMULATE_GPU='Tesla T4:7.5:14.75' TORCH_CUDA_ARCH_LIST='7.5+PTX' timeout "${KK_REHEARSAL_TIMEOUT:-520}" \
+      taskset -c 0-3 python3 benchmarks/rehearsal.py --model $models/tiny-awq --out $work "${@:3}" >>$work/rehearsal.log 2>&1 \
+      || echo "rehearsal ended with exit $?" | tee -a $work/rehearsal.log
+    cp $work/doctor.* $work/summary.json $work/rehearsal.log "$out"/ 2>/dev/null || true
+    tar czf "$out/run.tgz" -C $work run  # the run folder: executed notebook, tables, figures, records
+    tail -c 4000 $work/rehearsal.log ;;
+esac
