@@ -40,7 +40,7 @@ for name, path in (("full", sys.argv[1]), ("awq", sys.argv[2])):
     tok = llm.get_tokenizer()
     prompt = tok.apply_chat_template(build_messages(load_problems(names=["relu"])[0], "cpu"), tokenize=False,
                                      add_generation_prompt=True, enable_thinking=False)
-    o = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=96, logprobs=0), use_tqdm=False)[0].outputs[0]
+    o = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=64, logprobs=0), use_tqdm=False)[0].outputs[0]
     out[name] = [list(o.token_ids), [lp[t].logprob for lp, t in zip(o.logprobs, o.token_ids)],
                  type(llm.llm_engine.model_config.quantization).__name__, llm.llm_engine.model_config.quantization]
     del llm
