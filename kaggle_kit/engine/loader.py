@@ -201,7 +201,7 @@ def plan_load(model_path: str, hardware: Hardware, overrides: dict[str, Any] | N
     else:
         kwargs = dict(GPU_DEFAULTS)
         env.update({k: v for k, v in GPU_ENV_DEFAULTS.items() if k not in os.environ})
-        notes.append("FlashInfer's sampler off (VLLM_USE_FLASHINFER_SAMPLER=0): see GPU_ENV_DEFAULTS")
+        notes.append("VLLM_USE_FLASHINFER_SAMPLER=0: vLLM's own sampler (FlashInfer's JIT cannot link on Kaggle and costs ~100 s at start)")
         n = len(hardware.gpus)
         cap = hardware.min_capability
         names = ", ".join(sorted({g.name for g in hardware.gpus}))
