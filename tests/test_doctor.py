@@ -137,3 +137,16 @@ def test_doctor_command_runs_here(tiny_model_dir):
     bad = subprocess.run([str(Path(sys.executable).parent / "kaggle-kit"), "doctor", "--model", "/nonexistent",
                           "--no-import"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "FAIL  model" in bad.stdout
+
+
+def test_a_session_sized_kv_cache_is_what_the_memory_checks_report(tmp_path):
+    # The tiny model's shapes on an H100: the plan asks for 256 sequences' worth, not 0.9 of 80 GB.
+    tiny = {"architectures": ["Qwen3ForCausalLM"], "hidden_size": 128, "intermediate_size": 256,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+            "vocab_size": 151936, "max_position_embeddings": 32768, "torch_dtype": "float16"}
+    (tmp_path / "config.json").write_text(json.dumps(tiny))
+    r = diagnose(H100, str(tmp_path))
+    assert r.ok, r.render()
+    assert "sized to the session: 1.25 GiB" in r.check("kv cache").detail  # 1 KiB per token at TP 1
+    assert r.memory["kv_cache_tokens"] == 256 * 5120 and r.memory["sequences_at_max_len"] == 256
+    assert "= 256 sequences of 5120" in r.check("memory").detail

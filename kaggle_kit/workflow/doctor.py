@@ -253,11 +253,13 @@ def _memory_checks(m: Machine, model_path: str, shape: ModelShape, kwargs: dict,
                        max_model_len=mml, dtype_bytes=dtype_bytes, weights_bytes=weights,
                        block_size=int(kwargs.get("block_size") or 16))
     out = []
-    if kwargs.get("kv_cache_memory_bytes"):
+    if kwargs.get("kv_cache_memory_bytes"):  # the plan asks vLLM for this cache: the checks below are about it
         kv = int(kwargs["kv_cache_memory_bytes"])
-        out.append(Check("kv cache", "info", f"sized to the session: {kv / GIB:.2f} GiB per GPU = "
-                                             f"{kv // plan.kv_bytes_per_token_per_gpu} tokens, instead of the card's "
-                                             f"~{plan.kv_cache_per_gpu_bytes / GIB:.1f} GiB (vLLM starts faster)"))
+        out.append(Check("kv cache", "info", f"sized to the session: {kv / GIB:.2f} GiB per GPU instead of the "
+                                             f"card's ~{plan.kv_cache_per_gpu_bytes / GIB:.1f} GiB (vLLM starts faster)"))
+        plan.kv_cache_per_gpu_bytes = kv
+        plan.kv_cache_tokens = kv // plan.kv_bytes_per_token_per_gpu
+        plan.sequences_at_max_len = plan.kv_cache_tokens // mml
     budget = plan.gpu_total_bytes * util
     if plan.weights_per_gpu_bytes + plan.overhead_bytes >= budget:
         out.append(Check("memory", "fail", f"weights {plan.weights_per_gpu_bytes / GIB:.1f} GiB per GPU do not fit "
