@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -52,10 +51,11 @@ def prepare_model(src: Path) -> Path:
 
 
 def machine() -> dict:
-    smi = shutil.which("nvidia-smi")
-    gpus = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                          capture_output=True, text=True).stdout.strip().splitlines() if smi else []
-    return {"gpus": gpus, "cpu_affinity": sorted(os.sched_getaffinity(0)),
+    from kaggle_kit.engine import nvsmi
+
+    gpus, driver, _ = nvsmi.query()
+    return {"gpus": [f"{g.name}, {g.total_bytes >> 20} MiB" for g in gpus], "driver": driver,
+            "cpu_affinity": sorted(os.sched_getaffinity(0)),
             "emulate": os.environ.get("KK_EMULATE_GPU"), "arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST")}
 
 

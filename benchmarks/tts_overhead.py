@@ -36,7 +36,7 @@ PARAMS = dict(scorer="entropy", candidates_per_step=4, beam_size=4, num_trajecto
 
 class Recording:
     def __init__(self, engine):
-        self.engine, self.requests, self.outputs, self.rounds = engine, [], [], []
+        self.engine, self.requests, self.rounds = engine, [], []
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
@@ -44,7 +44,6 @@ class Recording:
     def generate(self, requests, use_tqdm=False):
         outs = self.engine.generate(requests)
         self.requests += list(requests)
-        self.outputs += outs
         self.rounds.append(outs)
         return outs
 

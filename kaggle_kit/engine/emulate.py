@@ -27,6 +27,9 @@ class TargetGPU:
     capability: tuple[int, int]
     memory_gb: float  # GiB
 
+    def label(self, real_name: str) -> str:
+        return f"{self.name} (emulated on {real_name})"
+
 
 def target() -> TargetGPU | None:
     """The emulated card from $KK_EMULATE_GPU, or None; a malformed value is an error that says the format."""
@@ -74,7 +77,7 @@ for d in range(torch.cuda.device_count()):
     free, _ = torch.cuda.mem_get_info(d)
     held.append(torch.empty(max(0, free - leave[d]), dtype=torch.uint8, device=f"cuda:{d}"))
 print(" ".join(str(torch.cuda.mem_get_info(d)[0]) for d in range(torch.cuda.device_count())), flush=True)
-sys.stdin.read()  # hold until the parent closes the pipe (it exits, or calls release)
+sys.stdin.read()  # hold until the parent's end of the pipe closes: when the parent exits
 """
 
 
@@ -88,11 +91,6 @@ class Holder:
         if not line:
             raise RuntimeError("the GPU memory holder did not start")
         self.free_bytes = [int(x) for x in line.split()]
-
-    def release(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=30)
 
 
 _holder: Holder | None = None

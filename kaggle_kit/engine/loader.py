@@ -45,8 +45,9 @@ CPU_DEFAULTS: dict[str, Any] = dict(
 GPU_ENV_DEFAULTS = {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
 # The KV cache a session can use: a notebook batch of 8 problems x beam 4 x 4 candidates is 128
 # sequences in flight; twice that, at max_model_len. A card whose budget gives more than
-# KV_SESSION_FACTOR times this gets a KV cache of this size instead: vLLM's start time grows
-# with the cache (measured on an H200, tiny model: 197 s at 0.91 of 140 GB, 43 s at 0.25).
+# KV_SESSION_FACTOR times this gets a KV cache of this size instead of ~8M blocks to set up (an
+# H200's 127 GB for the tiny model). What that saves at start is not measured apart: the 197 s
+# (0.91) vs 43 s (0.25) measured on an H200 included FlashInfer's JIT (104 s of a 177 s start).
 SESSION_SEQUENCES = 256
 KV_SESSION_FACTOR = 4
 CPU_ENV_DEFAULTS = {
@@ -89,7 +90,7 @@ def detect_hardware() -> Hardware:
     for g in nvsmi.query()[0] or _torch_gpus():
         info = GPUInfo(g.name, g.capability, g.total_bytes / 2**30)
         if emulated:
-            info = GPUInfo(f"{emulated.name} (emulated on {g.name})", emulated.capability, emulated.memory_gb,
+            info = GPUInfo(emulated.label(g.name), emulated.capability, emulated.memory_gb,
                            real_memory_gb=info.total_memory_gb)
         gpus.append(info)
     return Hardware(tuple(gpus))
@@ -159,6 +160,7 @@ def awq_kernel(cfg: dict[str, Any], tensor_parallel_size: int, capability: tuple
     if bits != 4 or not zp or group not in MARLIN_GROUP_SIZES:
         return "awq", f"Marlin takes 4-bit with zero point and group size in {MARLIN_GROUP_SIZES}, not bits={bits} zero_point={zp} group_size={group}"
     tp = max(1, tensor_parallel_size)
+    # Only the widths: read here rather than through ModelShape, which also needs the layer count.
     hidden, inter = int(cfg["hidden_size"]), int(cfg.get("intermediate_size") or 4 * cfg["hidden_size"])
     heads = int(cfg["num_attention_heads"])
     head_dim = int(cfg.get("head_dim") or hidden // heads)
@@ -266,7 +268,7 @@ def _size_kv_to_session(kwargs: dict, cfg: dict, model_path: str, hardware: Hard
     if plan.kv_cache_per_gpu_bytes > KV_SESSION_FACTOR * need:
         kwargs["kv_cache_memory_bytes"] = need
         notes.append(f"KV cache sized to the session: {need / GIB:.2f} GiB per GPU ({SESSION_SEQUENCES} sequences of "
-                     f"{mml}) instead of the card's ~{plan.kv_cache_per_gpu_bytes / GIB:.1f} GiB: vLLM starts faster")
+                     f"{mml}) instead of the card's ~{plan.kv_cache_per_gpu_bytes / GIB:.1f} GiB")
 
 
 def load_model(model_path: str | None = None, *, hardware: Hardware | None = None, **overrides):

@@ -256,7 +256,7 @@ def _memory_checks(m: Machine, model_path: str, shape: ModelShape, kwargs: dict,
     if kwargs.get("kv_cache_memory_bytes"):  # the plan asks vLLM for this cache: the checks below are about it
         kv = int(kwargs["kv_cache_memory_bytes"])
         out.append(Check("kv cache", "info", f"sized to the session: {kv / GIB:.2f} GiB per GPU instead of the "
-                                             f"card's ~{plan.kv_cache_per_gpu_bytes / GIB:.1f} GiB (vLLM starts faster)"))
+                                             f"card's ~{plan.kv_cache_per_gpu_bytes / GIB:.1f} GiB"))
         plan.kv_cache_per_gpu_bytes = kv
         plan.kv_cache_tokens = kv // plan.kv_bytes_per_token_per_gpu
         plan.sequences_at_max_len = plan.kv_cache_tokens // mml
@@ -356,7 +356,7 @@ def probe(import_vllm: bool = True, disk_path: str | None = None, timeout: float
     gpus, driver, driver_cuda = _nvidia_smi()
     t = emulate.target()
     if t:  # rehearsing a smaller card ($KK_EMULATE_GPU): the checks are the target's
-        gpus = [GPU(f"{t.name} (emulated on {g.name})", t.capability, int(t.memory_gb * GIB),
+        gpus = [GPU(t.label(g.name), t.capability, int(t.memory_gb * GIB),
                     min(g.free_bytes or 0, int(t.memory_gb * GIB))) for g in gpus]
     args = [sys.executable, "-c", _PROBE] + (["--vllm"] if import_vllm else [])
     try:
