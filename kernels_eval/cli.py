@@ -78,8 +78,9 @@ def _cmd_report(args) -> int:
         print(f"pass@{k}: {v:.3f}" if v is not None else f"pass@{k}: n/a (fewer than {k} samples per problem)")
     print("failures:", ", ".join(f"{k}={v}" for k, v in s["taxonomy"].items()))
     if s["not_evaluated"]:
-        print(f"{s['not_evaluated']} sample(s) not evaluated (harness_error: the evaluator failed, not the kernel); "
-              "rerun to retry them")
+        tax = s["taxonomy"]
+        print(f"{s['not_evaluated']} sample(s) not evaluated: {tax.get('harness_error', 0)} harness_error (the evaluator "
+              f"failed, not the kernel; rerun to retry them), {tax.get('skipped', 0)} skipped (too big for this GPU)")
     if not args.count_flagged:
         print("(flagged results are not counted as correct; --count-flagged counts them)")
     return 0

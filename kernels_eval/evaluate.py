@@ -74,7 +74,7 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
              tolerances: dict | None = None, implausible_speedup: float = 20.0, cache_dir: str | Path | None = None,
              flush_mb: int | None = None, compare_compile: bool = False, cpu_threads: int = 1,
              device_lock: str | Path | None = None, max_jobs: int | None = None, launch_slack_us: float = 100.0,
-             harness_retries: int = 0, retry_wait_s: float = 10.0) -> KernelEvalResult:
+             harness_retries: int = 0, retry_wait_s: float = 10.0, gpu_total_mib: float | None = None) -> KernelEvalResult:
     """Compile, check and time `candidate_source` (a module defining ModelNew) against `problem`.
 
     memory_limit_gb caps the address space of CPU runs (CUDA needs a huge one,
@@ -88,12 +88,14 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
     launch_slack_us: on a GPU, a spin before each timed call so the host's launch latency is not timed.
     A harness_error (the evaluator ran out of GPU memory, or lost the GPU) is retried
     `harness_retries` times, `retry_wait_s` apart; it is never the kernel's verdict.
+    gpu_total_mib: the most GPU memory the evaluator can ever have here, if less than the card's
+    (a T4 rehearsed on a bigger GPU): an allocation beyond it is the candidate's fault.
     """
     options = dict(trials=trials, seed=seed, timing=timing, warmup=warmup, iters=iters, rounds=rounds,
                    compile_timeout=compile_timeout, run_timeout=run_timeout, memory_limit_gb=memory_limit_gb,
                    tolerances=tolerances, implausible_speedup=implausible_speedup, cache_dir=cache_dir,
                    flush_mb=flush_mb, compare_compile=compare_compile, cpu_threads=cpu_threads, device_lock=device_lock,
-                   max_jobs=max_jobs, launch_slack_us=launch_slack_us)
+                   max_jobs=max_jobs, launch_slack_us=launch_slack_us, gpu_total_mib=gpu_total_mib)
     result = _evaluate_once(problem, candidate_source, device, **options)
     for attempt in range(harness_retries):
         if result.status is not Status.HARNESS_ERROR:
@@ -107,7 +109,7 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
 def _evaluate_once(problem: Problem, candidate_source: str, device: str, *, trials, seed, timing, warmup, iters,
                    rounds, compile_timeout, run_timeout, memory_limit_gb, tolerances, implausible_speedup,
                    cache_dir, flush_mb, compare_compile, cpu_threads, device_lock, max_jobs,
-                   launch_slack_us) -> KernelEvalResult:
+                   launch_slack_us, gpu_total_mib) -> KernelEvalResult:
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
     if not isinstance(candidate_source, str) or not candidate_source.strip():
@@ -130,6 +132,7 @@ def _evaluate_once(problem: Problem, candidate_source: str, device: str, *, tria
         "flush_bytes": (flush_mb << 20) if flush_mb else None, "scratch": str(scratch),
         "compare_compile": compare_compile, "cpu_threads": cpu_threads,
         "device_lock": str(device_lock) if device_lock else None, "sleep_us": launch_slack_us,
+        "gpu_total_bytes": int(gpu_total_mib * 2**20) if gpu_total_mib else None,
     }
     env = clean_env(dict(os.environ))
     env.update(TORCH_EXTENSIONS_DIR=str(ext_dir), HOME=str(scratch), TMPDIR=str(scratch),

@@ -52,9 +52,9 @@ def _last_exception(message: str) -> str:
 
 
 def feedback(result: KernelEvalResult, parse_status: str | None = None, target_speedup: float = 1.0) -> str | None:
-    """The feedback message for `result`; None for a harness error (nothing about the kernel is known)."""
+    """The feedback message for `result`; None when nothing about the kernel is known (not evaluated)."""
     s = result.status
-    if s is Status.HARNESS_ERROR:
+    if not result.evaluated:
         return None
     if s in (Status.NO_CODE, Status.REJECTED):
         why = {"no_code": "the answer has no fenced python code block",

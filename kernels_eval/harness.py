@@ -43,7 +43,7 @@ def _bytes(number: str, unit: str) -> float:
     return float(number) * _UNITS[unit[0].upper()]
 
 
-def classify_candidate_oom(message: str) -> str | None:
+def classify_candidate_oom(message: str, reference_bytes: int = 0, gpu_total_bytes: int | None = None) -> str | None:
     """For an out-of-memory error raised while the candidate's code ran: "harness" when the
     allocation would fit on the whole GPU (another process holds the rest: the engine beside
     us), "candidate" when it asks for more than the GPU has, None when it is no OOM at all.
@@ -51,16 +51,27 @@ def classify_candidate_oom(message: str) -> str | None:
     Reads PyTorch's message: "Tried to allocate 16.00 GiB. GPU 0 has a total capacity of
     79.19 GiB ... this process has 65.06 GiB memory in use." A raw cudaMalloc failure reports
     no sizes and is charged to the candidate.
+
+    `gpu_total_bytes`, when given, is the whole GPU the evaluator can have (a smaller card
+    rehearsed on a bigger one, or what is left with the engine asleep), if less than torch's total.
+
+    On the host (PyTorch's CPU allocator: "you tried to allocate N bytes"), under the evaluator's
+    memory limit: "harness" when N is no more than the reference's own forward took
+    (`reference_bytes`): the limit, not the candidate, was too tight.
     """
     if not _OOM.search(message):
         return None
+    host = re.search(r"tried to allocate (\d+) bytes", message)
+    if host and reference_bytes:
+        return "harness" if int(host.group(1)) <= reference_bytes else "candidate"
     tried = re.search(r"Tried to allocate " + _SIZE, message)
     total = re.search(r"total capacity of " + _SIZE, message)
     if not (tried and total):
         return "candidate"
     in_use = re.search(r"this process has " + _SIZE, message)
     need = _bytes(*tried.groups()) + (_bytes(*in_use.groups()) if in_use else 0.0)
-    return "harness" if need <= _bytes(*total.groups()) else "candidate"
+    capacity = min(_bytes(*total.groups()), gpu_total_bytes or float("inf"))
+    return "harness" if need <= capacity else "candidate"
 
 
 class _HarnessPhase:
@@ -81,12 +92,16 @@ class _HarnessPhase:
         return False
 
 
-def _candidate_error(prefix: str, e: BaseException) -> dict:
+_GPU_TOTAL: list[int | None] = [None]  # the spec's gpu_total_bytes, set once per process
+
+
+def _candidate_error(prefix: str, e: BaseException, reference_bytes: int = 0) -> dict:
     text = f"{type(e).__name__}: {str(e)[-2000:]}"
-    if classify_candidate_oom(text) == "harness":
-        return {"status": "harness_error", "message": f"{prefix}: out of GPU memory for an allocation that would fit "
-                                                        f"on a free GPU (another process holds the rest); retry when "
-                                                        f"the GPU has room. {text}"}
+    if classify_candidate_oom(text, reference_bytes, _GPU_TOTAL[0]) == "harness":
+        where = ("under the evaluator's memory limit for an allocation no bigger than the reference's own forward"
+                 if "tried to allocate" in text and "GPU" not in text else
+                 "for an allocation that would fit on a free GPU (another process holds the rest)")
+        return {"status": "harness_error", "message": f"{prefix}: out of memory {where}; retry with more room. {text}"}
     if _NO_GPU.search(text):
         return {"status": "harness_error", "message": f"{prefix}: the GPU became unusable: {text}"}
     return {"status": "runtime_error", "message": f"{prefix}: {text}"}
@@ -149,8 +164,8 @@ COMPARE_CHUNK = 1 << 22
 
 
 def _compare(ref_out, new_out, new_inputs, tol: dict, device: str) -> tuple[bool, str, float]:
-    """Compare on the host: the reference output was copied there, so the GPU only ever holds
-    one model's tensors at a time (the engine beside us leaves little room)."""
+    """Compare where the reference output is: on the host when the GPU is short of room (the
+    engine beside us), so the GPU only ever holds one model's tensors at a time; else on the GPU."""
     import torch
 
     refs, news = _tensors(ref_out), _tensors(new_out)
@@ -169,7 +184,7 @@ def _compare(ref_out, new_out, new_inputs, tol: dict, device: str) -> tuple[bool
             return False, f"output {i} aliases an input tensor (the kernel must write a new output)", float("nan")
         atol, rtol = tol.get(str(r.dtype).replace("torch.", ""), tol["default"])
         with _HarnessPhase(f"comparing output {i}"):  # our own memory: never the candidate's fault
-            finite_ok, close, diff = _close(r, n.detach().cpu(), atol, rtol)
+            finite_ok, close, diff = _close(r, n.detach().to(r.device), atol, rtol)
         if not finite_ok:
             return False, f"output {i}: NaN/Inf where the reference has none (or the reverse)", float("nan")
         worst = max(worst, diff)
@@ -269,6 +284,7 @@ def _evaluate(spec: dict, send) -> dict:
     import torch
 
     device = spec["device"]
+    _GPU_TOTAL[0] = spec.get("gpu_total_bytes")
     clocks = _clock_functions(device)  # captured before the candidate exists
     provenance = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda, "dtype": "float32",
                   "timing": "cuda_events+l2_flush" if device == "cuda" else "perf_counter_ns"}
@@ -341,19 +357,39 @@ def _evaluate(spec: dict, send) -> dict:
 
     def inputs_for(trial_seed: int):
         # The same seed gives the same inputs: each model gets its own fresh copy, and only one
-        # model's tensors are on the device at a time.
+        # model's tensors are on the device at a time. Made on the device itself (torch.rand of
+        # KernelBench's multi-GB inputs takes seconds on a host, microseconds on a GPU); a
+        # get_inputs() that cannot run there makes them on the host.
         with _HarnessPhase("making the inputs"):
             torch.manual_seed(trial_seed)
+            if device == "cuda":
+                try:
+                    with torch.device("cuda"):
+                        return _to(ref_mod.get_inputs(), device)
+                except Exception as e:  # noqa: BLE001 - out of memory is the harness's; anything else: try the host
+                    if _OOM.search(str(e)):
+                        raise
+                    torch.manual_seed(trial_seed)
             return _to(ref_mod.get_inputs(), device)
 
+    def keep_reference_output(out):
+        # On the GPU while it has room for both outputs and the candidate's work; else on the host.
+        if device != "cuda":
+            return out
+        size = sum(t.nbytes for t in _tensors(out))
+        return out if torch.cuda.mem_get_info()[0] > 4 * size + (512 << 20) else _to(out, "cpu")
+
     tol = spec["tolerances"]
-    worst = 0.0
+    worst, ref_bytes = 0.0, 0  # ref_bytes: the most the reference's forward took on the host (CPU runs)
     for trial in range(spec["trials"]):
         trial_seed = seed + 1000 + trial  # fresh inputs every trial: replayed or constant answers fail
         with _HarnessPhase(f"trial {trial}: the reference"):
             ref_in = inputs_for(trial_seed)
+            peak = _host_peak()
             with torch.no_grad():
-                ref_out = _to(ref(*ref_in), "cpu")
+                ref_out = keep_reference_output(ref(*ref_in))
+            if device == "cpu":
+                ref_bytes = max(ref_bytes, _host_peak() - peak, sum(t.nbytes for t in _tensors(ref_out)))
             del ref_in
         new_in = inputs_for(trial_seed)
         try:
@@ -362,7 +398,7 @@ def _evaluate(spec: dict, send) -> dict:
             if device == "cuda":
                 clocks["sync"]()
         except Exception as e:
-            return {**result, "trials": trial, **_candidate_error(f"trial {trial}", e)}
+            return {**result, "trials": trial, **_candidate_error(f"trial {trial}", e, ref_bytes)}
         ok, why, diff = _compare(ref_out, new_out, new_in, tol, device)
         del new_in, new_out, ref_out
         worst = max(worst, diff) if diff == diff else worst
@@ -414,6 +450,7 @@ def _evaluate(spec: dict, send) -> dict:
             flags.append("implausible_speedup")
     if device == "cuda":
         provenance.update(_gpu_memory(torch))
+    provenance["host_peak_mb"] = round(_host_peak() / 2**20, 1)
     now = _clock_functions(device)
     tampered = [k for k, v in clocks.items() if now[k] is not v]
     if tampered:
@@ -421,6 +458,13 @@ def _evaluate(spec: dict, send) -> dict:
         result["message"] = f"replaced timing functions: {', '.join(tampered)}"
     result["flags"] = sorted(set(flags))
     return result
+
+
+def _host_peak() -> int:
+    """This process's peak resident memory so far, in bytes (ru_maxrss is KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _count_extension_calls():

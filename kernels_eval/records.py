@@ -97,8 +97,8 @@ class EvaluatedRecord:
 
     @property
     def complete(self) -> bool:
-        """Every evaluation is a verdict on its kernel (no harness error left to retry)."""
-        return all(e.result.evaluated for e in self.evaluations)
+        """No evaluation is left to retry (a harness error); a skipped one stays skipped."""
+        return not any(e.result.retryable for e in self.evaluations)
 
 
 def to_json(record: GeneratedRecord | EvaluatedRecord) -> dict:

@@ -19,6 +19,9 @@ class Status(str, Enum):
     # the inputs, the comparison) or for an allocation that would fit on a free GPU, or the GPU
     # was not usable. Not a verdict on the kernel: metrics leave it out, runs retry it.
     HARNESS_ERROR = "harness_error"
+    # Not run: the problem needs more GPU memory than this GPU has even with the engine asleep
+    # (its measured footprint). No verdict, not retried: the same GPU cannot hold it next time either.
+    SKIPPED = "skipped"
 
 
 @dataclass
@@ -44,8 +47,13 @@ class KernelEvalResult:
 
     @property
     def evaluated(self) -> bool:
-        """False when the harness failed: the kernel got no verdict (retry it; metrics skip it)."""
-        return self.status is not Status.HARNESS_ERROR
+        """False when the kernel got no verdict (harness error or skipped): metrics leave it out."""
+        return self.status not in (Status.HARNESS_ERROR, Status.SKIPPED)
+
+    @property
+    def retryable(self) -> bool:
+        """A harness error: the evaluator failed this time; a rerun tries again."""
+        return self.status is Status.HARNESS_ERROR
 
     @property
     def counts_as_correct(self) -> bool:

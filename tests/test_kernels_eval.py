@@ -254,6 +254,10 @@ def test_candidate_oom_is_charged_by_whether_it_would_fit_a_free_gpu():
     bomb = OOM_MSG.format(tried="16.00 GiB", total="79.19 GiB", in_use="65.06 GiB")
     assert classify_candidate_oom(bomb) == "candidate"
     assert classify_candidate_oom("CUDA error: out of memory") == "candidate"  # a raw cudaMalloc: no sizes
+    # A T4 rehearsed on an H200: 16 GiB would fit the real card, not the T4 the evaluator stands for.
+    h200 = OOM_MSG.format(tried="16.00 GiB", total="139.80 GiB", in_use="0.50 GiB")
+    assert classify_candidate_oom(h200) == "harness"
+    assert classify_candidate_oom(h200, gpu_total_bytes=int(14.75 * 2**30)) == "candidate"
     assert classify_candidate_oom("RuntimeError: shape mismatch") is None
 
 
@@ -374,3 +378,34 @@ def test_out_of_memory_is_charged_to_whoever_allocated(tmp_path, numel, candidat
     assert r.status is status, r.message[-800:]
     assert where in r.message
     assert r.evaluated == (status is not Status.HARNESS_ERROR)  # a harness error is retried, never a verdict
+
+
+BIG_OUTPUT = '''import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def forward(self, x):
+        return x.expand(NUMEL).contiguous()
+
+
+def get_inputs():
+    return [torch.ones(1)]
+
+
+def get_init_inputs():
+    return []
+'''
+
+
+def test_a_host_limit_too_tight_for_two_outputs_is_the_harness_s_fault(tmp_path):
+    # The reference's 1.2 GiB output fits the 2.5 GiB address-space limit; the candidate's identical
+    # one does not while the harness still holds the reference's: the same allocation as the
+    # reference's own, so the limit (ours) was too tight, not the candidate greedy.
+    path = tmp_path / "big_output.py"
+    path.write_text(BIG_OUTPUT.replace("NUMEL", str(300 << 20)))
+    same = path.read_text().replace("class Model(", "class ModelNew(").split("def get_inputs")[0]
+    r = evaluate(load_problem(path), same, "cpu", trials=1, timing=False, memory_limit_gb=2.5,
+                 cache_dir=tmp_path / "cache")
+    assert r.status is Status.HARNESS_ERROR, r.message[-800:]
+    assert "no bigger than the reference's own forward" in r.message
