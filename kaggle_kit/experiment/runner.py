@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -37,6 +37,9 @@ RECORDS = "records.jsonl"
 # decodes ~20-40 tokens/s per sequence; batched, ~200-400 tokens/s) and per build.
 DEFAULT_TOKENS_PER_S = {"cuda": 250.0, "cpu": 500.0}
 DEFAULT_BUILD_S = {"cuda": 90.0, "cpu": 35.0}
+# Evaluations too big beside the engine wait for a sleep; a batch boundary sleeps once this many
+# wait (the rest run when the round drains), so the engine sleeps rarely.
+SLEEP_BATCH = 8
 
 
 def _stderr(message: str) -> None:
@@ -58,8 +61,11 @@ class Runner:
     """State of one run: records, the evaluation pool, timing estimates, the deadline."""
 
     def __init__(self, cfg: ExperimentConfig, engine=None, progress: bool | None = None,
-                 log: Callable[[str], None] = _stderr, generator: Callable | None = None, cache_dir=None):
-        """generator(cfg, jobs, engine) -> records replaces the engine or service (tests, benchmarks)."""
+                 log: Callable[[str], None] = _stderr, generator: Callable | None = None, cache_dir=None,
+                 eval_memory: tuple[float, float] | None = None, footprints=None):
+        """generator(cfg, jobs, engine) -> records replaces the engine or service (tests, benchmarks).
+        eval_memory: (MiB free beside the engine, MiB with it asleep) instead of nvidia-smi's;
+        footprints: another footprint table than kernels_eval's (tests)."""
         check_resumable(cfg)
         self.generator = generator
         self.cfg, self.progress, self.log = cfg, progress, log
@@ -72,6 +78,7 @@ class Runner:
             self.engine = engine or _local_engine(cfg.model)
         self.pool = EvalPool(cfg.device, workers=cfg.workers, trials=cfg.trials, run_timeout=cfg.run_timeout,
                              compile_timeout=cfg.compile_timeout, harness_retries=cfg.harness_retries,
+                             footprints=footprints, **self._beside_engine(eval_memory),
                              **({"cache_dir": cache_dir} if cache_dir else {}))
         self.items = ThreadPoolExecutor(max(2, self.pool.workers * 2), thread_name_prefix="kk-item")
         self.time_all = cfg.refine_rounds > 1
@@ -79,6 +86,43 @@ class Runner:
         self.eval_s_per_item: float | None = None
         self.outcome = RunOutcome(str(cfg.folder))
         self._futures: list[Future] = []
+        self.sleep_cycles: list[dict] = []  # one per sleep of the engine for evaluations too big beside it
+
+    # -- the GPU beside the engine --------------------------------------------------------------
+    def _beside_engine(self, eval_memory) -> dict:
+        """The pool's memory plan: beside a local engine, problems too big for the headroom wait
+        for the engine to sleep (see kernels_eval.footprint)."""
+        if self.engine is None or not hasattr(self.engine, "asleep"):
+            return {}
+        if eval_memory is None and self.cfg.device == "cuda" and getattr(self.engine, "can_sleep", False):
+            from kaggle_kit.engine.headroom import evaluator_memory
+
+            eval_memory = evaluator_memory()
+        if eval_memory is None:
+            return {}
+        headroom, capacity = eval_memory
+        return {"headroom_mib": headroom, "capacity_mib": capacity, "room": self._engine_asleep}
+
+    @contextmanager
+    def _engine_asleep(self):
+        t = time.perf_counter()
+        # Not the device lock: the evaluations inside take it, and nothing generates meanwhile.
+        with self.engine.asleep() as slept:
+            cycle = {"slept": slept, "sleep_s": time.perf_counter() - t}
+            t = time.perf_counter()
+            yield
+            t_wake = time.perf_counter()
+        cycle.update(evaluate_s=t_wake - t, wake_s=time.perf_counter() - t_wake)
+        self.sleep_cycles.append(cycle)
+
+    def run_asleep(self) -> None:
+        """Evaluate, in one sleep of the engine, what waits for it."""
+        n = self.pool.run_deferred()
+        if n:
+            c = self.sleep_cycles[-1]
+            how = "asleep" if c["slept"] else "awake (no sleep mode here)"
+            self.log(f"{n} evaluation(s) too big beside the engine ran with it {how}: sleep {c['sleep_s']:.1f} s, "
+                     f"evaluations {c['evaluate_s']:.1f} s, wake {c['wake_s']:.1f} s")
 
     # -- the device lock: the local engine holds it while it generates ------------------------
     @contextmanager
@@ -152,7 +196,7 @@ class Runner:
             return None  # left for the next session
         t = time.perf_counter()
         problem = self.problems.get(gen.problem) or load_problems(self.cfg.problems_dir, self.cfg.level, [gen.problem])[0]
-        kept = {e.index: e for e in (previous.evaluations if previous else []) if e.result.evaluated}
+        kept = {e.index: e for e in (previous.evaluations if previous else []) if not e.result.retryable}
 
         def ask(index: int, timed: bool) -> Future:
             old = kept.get(index)
@@ -193,13 +237,20 @@ class Runner:
         return record
 
     def drain(self) -> None:
-        """Wait for the submitted evaluations, but not past the deadline."""
-        pending = [f for f in self._futures if not f.done()]
-        if pending:
+        """Wait for the submitted evaluations, but not past the deadline; evaluations that wait for
+        the engine to sleep run as one batch whenever the rest are done or waiting too."""
+        while True:
+            pending = [f for f in self._futures if not f.done()]
+            if not pending:
+                break
+            if self.pool.deferred:
+                self.run_asleep()
+                continue
             left = self.time_left()
-            done, not_done = wait(pending, timeout=None if left == float("inf") else max(0.0, left))
-            if not_done:
+            if left <= 0:
                 self.outcome.stopped_early = True
+                break
+            wait(pending, timeout=min(left, 1.0), return_when=FIRST_COMPLETED)
         for f in self._futures:
             if f.done() and f.exception() is not None:
                 raise f.exception()
@@ -268,6 +319,8 @@ def run_round(runner: Runner, jobs: list[Job], round_: int = 1) -> None:
             if cfg.evaluate:
                 runner.submit(record)
         bar.update(len(batch))
+        if runner.pool.deferred >= SLEEP_BATCH:  # enough waiting to be worth a sleep now; the rest at drain
+            runner.run_asleep()
     bar.close()
 
 

@@ -127,8 +127,10 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 # -- the rules (pure) ----------------------------------------------------------------------
 
 def diagnose(machine: Machine, model_path: str | None = None, overrides: dict | None = None,
-             beam_size: int = 4, candidates_per_step: int = 4, evaluate_on_gpu: bool = True) -> Report:
-    """Checks for `machine` loading `model_path` with the loader's plan (plus `overrides`)."""
+             beam_size: int = 4, candidates_per_step: int = 4, evaluate_on_gpu: bool = True,
+             problems: list | None = None) -> Report:
+    """Checks for `machine` loading `model_path` with the loader's plan (plus `overrides`);
+    `problems` (default: the bundled ones) are placed beside the engine, with it asleep, or skipped."""
     from kaggle_kit.config import ConfigError
     from kaggle_kit.engine.loader import GPUInfo, Hardware, plan_load, read_model_config
 
@@ -174,6 +176,8 @@ def diagnose(machine: Machine, model_path: str | None = None, overrides: dict | 
             mem_checks, mem = _memory_checks(machine, model_path, shape, plan.llm_kwargs, beam_size,
                                              candidates_per_step, evaluate_on_gpu)
             checks += mem_checks
+            if evaluate_on_gpu and mem is not None:
+                checks.append(_problems_check(machine, mem.left_for_evaluator_bytes, plan.llm_kwargs, problems))
     checks += _host_checks(machine)
     return Report(checks, load_plan={"device": plan.device, "llm_kwargs": plan.llm_kwargs, "env": plan.env,
                                      "notes": plan.notes} if plan else None,
@@ -286,6 +290,26 @@ def _memory_checks(m: Machine, model_path: str, shape: ModelShape, kwargs: dict,
                          None if plan.evaluator_fits else
                          f"kk.ensure_model(gpu_memory_utilization={plan.utilization_for_evaluator()})"))
     return out, plan
+
+
+def _problems_check(m: Machine, left_bytes: int, kwargs: dict, problems: list | None) -> Check:
+    """Where each kernel problem is evaluated, from its measured footprint (kernels_eval.footprint)."""
+    from kernels_eval import footprint
+    from kernels_eval.problems import load_problems
+
+    from kaggle_kit.engine.headroom import ASLEEP_RESIDUE_MIB
+
+    problems = problems if problems is not None else load_problems()
+    sleeps = bool(kwargs.get("enable_sleep_mode"))
+    capacity = min(g.total_bytes for g in m.gpus) / MIB - ASLEEP_RESIDUE_MIB
+    where = footprint.plan(problems, left_bytes / MIB, capacity)
+    if not sleeps:  # nothing can free the GPU: what does not fit beside the engine is skipped
+        where[footprint.SKIP] += where.pop(footprint.ASLEEP)
+        where[footprint.ASLEEP] = []
+    status = "warn" if where[footprint.SKIP] else "ok"
+    return Check("problems", status, f"{len(problems)} kernel problems: {footprint.describe_plan(where)}",
+                 f"skipped: {', '.join(where[footprint.SKIP][:5])}{' ...' if len(where[footprint.SKIP]) > 5 else ''}"
+                 if where[footprint.SKIP] else None)
 
 
 def _host_checks(m: Machine) -> list[Check]:
