@@ -7,6 +7,10 @@
 #   bash benchmarks/gpu_rehearsal.sh measure  OUT   # TTS wall ratios (and where the time goes), sleep/wake
 #   bash benchmarks/gpu_rehearsal.sh start    OUT   # engine start: the emulated T4 x2 plan, and one bare GPU
 #   bash benchmarks/gpu_rehearsal.sh rehearse OUT   # the bundle notebook as one emulated T4 x2 session
+#   bash benchmarks/gpu_rehearsal.sh kernelbench OUT  # every KernelBench reference as its own candidate, all GPUs
+#   bash benchmarks/gpu_rehearsal.sh beside   OUT   # evaluation beside the emulated T4 engine and with it asleep
+# (kernelbench and beside also need kb.tgz in the last part: KernelBench's level1-3 from a snapshot of
+# ScalingIntelligence/KernelBench: git archive HEAD KernelBench/level1 KernelBench/level2 KernelBench/level3)
 set -euo pipefail
 what=$1; out=$2; mkdir -p "$out"
 export PYTHONPATH=/tmp/site:$PWD KK_QWEN3_TOKENIZER_DIR=/tmp/stg/st/tok
@@ -43,4 +47,23 @@ case $what in
     cp $work/doctor.* $work/summary.json $work/rehearsal.log "$out"/ 2>/dev/null || true
     tar czf "$out/run.tgz" -C $work run  # the run folder: executed notebook, tables, figures, records
     tail -c 4000 $work/rehearsal.log ;;
+  kernelbench)
+    kb=/tmp/kb; [ -d $kb/KernelBench ] || { mkdir -p $kb && tar xzf /tmp/stg/kb.tgz -C $kb; }
+    work=/tmp/kbrefs; mkdir -p $work; n=$(nvidia-smi -L | wc -l)
+    for g in $(seq 0 $((n - 1))); do  # one shard per GPU, three evaluations at a time on each; resumable
+      CUDA_VISIBLE_DEVICES=$g timeout "${KK_SWEEP_TIMEOUT:-500}" python3 benchmarks/kernelbench_refs.py \
+        --kernelbench $kb/KernelBench --device cuda --out $work/gpu$g.jsonl --shard $g/$n --workers 3 \
+        >$work/sweep$g.log 2>&1 &
+    done; wait
+    cat $work/gpu[0-9]*.jsonl > $work/gpu.jsonl; cp $work/gpu.jsonl "$out/gpu_h200.jsonl"
+    python3 benchmarks/kernelbench_refs.py --summary $work/gpu.jsonl --footprints $work/footprints.json | tee "$out/summary.txt"
+    cp $work/footprints.json "$out/"; tail -n 3 $work/sweep*.log ;;
+  beside)
+    work=/tmp/kbrefs
+    KK_EMULATE_GPU='Tesla T4:7.5:14.75' TORCH_CUDA_ARCH_LIST='7.5+PTX' timeout "${KK_BESIDE_TIMEOUT:-560}" \
+      python3 benchmarks/beside_engine.py --model $models/tiny-awq --kernelbench /tmp/kb/KernelBench \
+      --table $work/gpu.jsonl --footprints $work/footprints.json --json "$out/beside_engine.json" \
+      >"$out/beside_engine.log" 2>&1 || echo "beside_engine ended with exit $?"
+    grep -v "^\s*$" "$out/beside_engine.log" | grep -i "sleep\|woke\|spawn\|init engine\|took\|error" | cut -c1-220 | tail -n 30
+    tail -c 3000 "$out/beside_engine.log" ;;
 esac
