@@ -6,6 +6,8 @@ import sys
 
 from kernels_eval import cli as kernels_cli
 
+from kaggle_kit.tts.params import STRATEGIES
+
 
 def _cmd_run(args) -> int:
     from kaggle_kit.experiment import ExperimentConfig, load_tables, run, write_tables
@@ -35,7 +37,7 @@ def add_run(sub) -> None:
     run.add_argument("--problem", action="append", help="only these problems (repeatable)")
     run.add_argument("--experiment_name", required=True)
     run.add_argument("--out_dir", default="runs", help="records go to OUT_DIR/EXPERIMENT_NAME/records.jsonl")
-    run.add_argument("--tts_strategy", default="offline_bon", choices=["offline_bon", "online_bon", "beam_search"])
+    run.add_argument("--tts_strategy", default="offline_bon", choices=STRATEGIES)
     run.add_argument("--tts_scorer", default="entropy")
     run.add_argument("--tts_num_trajectories", type=int, default=4)
     run.add_argument("--tts_candidates_per_step", type=int, default=4)

@@ -30,7 +30,7 @@ from kernels_eval.records import EvaluatedRecord, Evaluation, GeneratedRecord, R
 from kaggle_kit.experiment.config import ExperimentConfig, check_resumable
 from kaggle_kit.experiment.deadline import deadline, describe
 from kaggle_kit.experiment.generate import Job, generate_local, generate_remote
-from kaggle_kit.tts.params import sequences_in_flight
+from kaggle_kit.tts.params import SHAPES, sequences_in_flight
 
 RECORDS = "records.jsonl"
 # Until a batch has been measured: seconds per generated token (a 14B AWQ model on two T4s
@@ -146,8 +146,7 @@ class Runner:
         return gen, (ev if self.cfg.evaluate else 0.0)
 
     def _width(self) -> int:
-        c = self.cfg
-        return {"offline_bon": c.num_trajectories, "online_bon": 1, "beam_search": c.beam_size}[c.strategy]
+        return SHAPES[self.cfg.strategy].finalists(self.cfg)
 
     def estimate(self, n_items: int) -> str:
         gen, ev = self.seconds_per_item()

@@ -11,10 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from kaggle_kit.service.errors import ApiError
-from kaggle_kit.tts.params import sequences_in_flight
-
-WIDTH_FIELD = {"offline_bon": "tts_num_trajectories", "online_bon": "tts_candidates_per_step",
-               "beam_search": "tts_beam_size"}
+from kaggle_kit.tts.params import SHAPES, sequences_in_flight
 
 
 @dataclass(frozen=True)
@@ -35,7 +32,7 @@ class Limits:
 def check(limits: Limits, params, prompt_tokens: int) -> None:
     """Raise a 400 naming the limit a TTS request goes over."""
     w = sequences_in_flight(params)
-    field = WIDTH_FIELD[params.strategy]
+    field = "tts_" + SHAPES[params.strategy].width_param  # the request's name for it
     what = f"{field}={getattr(params, field[4:])}" + (
         f" x tts_candidates_per_step={params.candidates_per_step}" if params.strategy == "beam_search" else "")
     if w > limits.max_sequences:

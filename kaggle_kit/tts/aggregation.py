@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
-AGGREGATIONS = ("min", "mean", "max", "product", "last")
+_METHODS: dict[str, Callable[[list[float]], float]] = {
+    "min": min, "mean": lambda v: sum(v) / len(v), "max": max, "product": math.prod, "last": lambda v: v[-1]}
+AGGREGATIONS = tuple(_METHODS)  # every list of aggregation names derives from this table
 # Aggregations that can only stay or fall as steps are added (scores are in [0, 1]):
 # a finished beam that beats every live beam under these can no longer be overtaken.
 MONOTONE_NON_INCREASING = ("min", "product")
@@ -27,14 +29,4 @@ def aggregate(scores: Iterable[float | None], method: str = "min", window_size: 
     vals = [float(s) for s in scores if s is not None and math.isfinite(float(s))]
     if window_size is not None:
         vals = vals[-window_size:]
-    if not vals:
-        return float("nan")
-    if method == "min":
-        return min(vals)
-    if method == "max":
-        return max(vals)
-    if method == "mean":
-        return sum(vals) / len(vals)
-    if method == "product":
-        return math.prod(vals)
-    return vals[-1]
+    return _METHODS[method](vals) if vals else float("nan")

@@ -2,19 +2,33 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable
 
 from kaggle_kit.engine.types import check_sampling
 from kaggle_kit.tts.aggregation import check_aggregation
 from kaggle_kit.tts.scorers import check_scorer
 
-STRATEGIES = ("offline_bon", "online_bon", "beam_search")
+@dataclass(frozen=True)
+class Shape:
+    """A strategy's size, in terms of its parameters (`p`: TTSParams or anything with the same
+    fields, e.g. an experiment config). The one place each formula is written."""
+    width_param: str  # the parameter that sets how many sequences it weighs at once
+    in_flight: Callable[[Any], int]  # sequences it keeps in the engine at once
+    finalists: Callable[[Any], int]  # candidates it returns (those a verifier may run)
+
+
+SHAPES: dict[str, Shape] = {
+    "offline_bon": Shape("num_trajectories", lambda p: p.num_trajectories, lambda p: p.num_trajectories),
+    "online_bon": Shape("candidates_per_step", lambda p: p.candidates_per_step, lambda p: 1),
+    "beam_search": Shape("beam_size", lambda p: p.beam_size * p.candidates_per_step, lambda p: p.beam_size),
+}
+STRATEGIES = tuple(SHAPES)  # every list of strategy names derives from this table
 
 
 def sequences_in_flight(p) -> int:
-    """How many sequences a strategy keeps in the engine at once (`p`: TTSParams or any object with
-    the same fields, e.g. an experiment config): offline N, online candidates, beam x candidates."""
-    return {"offline_bon": p.num_trajectories, "online_bon": p.candidates_per_step,
-            "beam_search": p.beam_size * p.candidates_per_step}[p.strategy]
+    """How many sequences `p.strategy` keeps in the engine at once: offline N, online candidates,
+    beam x candidates."""
+    return SHAPES[p.strategy].in_flight(p)
 
 
 # Step boundaries. A blank line separates paragraphs and code blocks; min_step_tokens

@@ -24,7 +24,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-SCORERS = ("entropy", "perplexity", "sequence_prob", "confidence")
 
 
 def as_returned(returned) -> np.ndarray:
@@ -73,6 +72,7 @@ _FUNCS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "sequence_prob": sequence_prob,
     "confidence": confidence_uncertainty,
 }
+SCORERS = tuple(_FUNCS)  # every list of scorer names derives from this table
 
 
 def check_scorer(name: str) -> str:

@@ -12,6 +12,7 @@ from typing import Generator, Sequence
 
 from kaggle_kit.engine.types import Completion, GenerationRequest
 from kaggle_kit.tts.aggregation import MONOTONE_NON_INCREASING
+from kaggle_kit.tts.params import STRATEGIES
 from kaggle_kit.tts.results import StrategyResult, finite_or
 from kaggle_kit.tts.search import Path, Search, best, slices
 from kaggle_kit.tts.steps import split_points, token_pieces
@@ -126,6 +127,7 @@ def _finish(paths: list[Path], s: Search):
 
 
 STRATEGY_FUNCS = {"offline_bon": offline_bon, "online_bon": online_bon, "beam_search": beam_search}
+assert tuple(STRATEGY_FUNCS) == STRATEGIES, "a strategy needs its Shape in tts/params.py and its function here"
 
 
 def drive(engine, searches: Sequence[Search], progress: bool | None = None) -> list[StrategyResult]:
