@@ -27,7 +27,7 @@ from pathlib import Path
 import kaggle_kit as kk
 from kaggle_kit.experiment import ExperimentConfig, load_tables, run
 from kaggle_kit.experiment.views import method_label
-from kaggle_kit.plots import selection_table
+from kaggle_kit.experiment.plots import selection_table
 from kaggle_kit.tiny import ensure_tiny_model, planted
 from kernels_eval.problems import load_problems
 from kernels_eval.prompts import build_messages, build_refinement_messages

@@ -30,9 +30,9 @@ _EXPORTS = {
     "serve": "kaggle_kit.service.server",
     "create_app": "kaggle_kit.service.app",
 }
-_SUBMODULES = ("tts", "engine", "chat", "subchat", "service", "plots", "experiment", "workflow")
+_SUBMODULES = ("tts", "engine", "chat", "subchat", "service", "experiment", "workflow")
 # Short names notebooks use for the workflow modules (`kk.notebook.setup_model(...)`).
-_ALIASES = {"pipeline": "kaggle_kit.experiment", "notebook": "kaggle_kit.workflow.cells", "runs": "kaggle_kit.workflow.notebooks",
+_ALIASES = {"pipeline": "kaggle_kit.experiment", "plots": "kaggle_kit.experiment.plots", "notebook": "kaggle_kit.workflow.cells", "runs": "kaggle_kit.workflow.notebooks",
             "kaggle": "kaggle_kit.workflow.kaggle", "doctor": "kaggle_kit.workflow.doctor"}
 
 __all__ = sorted(_EXPORTS)

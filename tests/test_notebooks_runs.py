@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_kit import plots
+from kaggle_kit.experiment import plots
 from kaggle_kit.workflow import kaggle
 from kaggle_kit.workflow import notebooks as runs
 

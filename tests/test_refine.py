@@ -125,7 +125,7 @@ def test_two_rounds_end_to_end_on_vllm(registered, tiny_model_dir, tmp_path):
     assert len(second) == 8 and all(g.parent in gen and g.prompt[-1]["role"] == "user" for g in second)
     t = write_tables(load_tables(cfg.folder))
     assert set(t.rounds["round"]) == {1, 2} and set(t.rounds["selection"]) == {"execution", "uncertainty"}
-    from kaggle_kit import plots
+    from kaggle_kit.experiment import plots
 
     paths = plots.save_all(t.results, t.candidates, t.steps, cfg.folder / "figures", t.rounds)
     assert (cfg.folder / "figures" / "refinement_rounds.png") in paths
