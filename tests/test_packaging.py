@@ -52,3 +52,32 @@ def test_kernel_metadata_targets_two_t4s():
     assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["enable_gpu"] is True and meta["enable_internet"] is False
     assert meta["kernel_type"] == "notebook" and (ROOT / meta["code_file"]).exists()
     assert all(len(s.split("/")) == 5 and s.split("/")[-1].isdigit() for s in meta["model_sources"])
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """kaggle_kit's subpackages and which others each imports (anywhere in its files, lazily too)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "kaggle_kit"
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).parts
+        pkg = rel[0] if len(rel) > 1 else "<root>"
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "kaggle_kit" and len(parts) > 1 and (root / parts[1]).is_dir() and parts[1] != pkg:
+                    graph.setdefault(pkg, set()).add(parts[1])
+    return graph
+
+
+def test_no_package_imports_one_that_imports_it_back():
+    # The house is layered (engine at the bottom, workflow at the top): a loop between two packages,
+    # even through a lazy import, is a change that can no longer be made one package at a time.
+    graph = _package_imports()
+    loops = sorted((a, b) for a, deps in graph.items() for b in deps if a in graph.get(b, set()) and a < b)
+    assert not loops, loops
+    root_modules = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "kaggle_kit").glob("*.py"))
+    assert root_modules == ["__init__.py", "__main__.py", "cli.py", "config.py"]

@@ -100,14 +100,17 @@ class SimpleLLMClient:
     def generate_stream(self, messages, **options) -> Iterator[str]:
         yield from self.stream(messages, **options)
 
-    # -- hierarchical subchat (the seed's calls) -----------------------------------
+    # -- hierarchical subchat (the seed's calls; the node owns the turn) ----------
     def generate_response(self, node, prompt: str, **options):
         """One turn in a subchat node: context from its ancestors, reply persisted; returns the stored reply."""
-        from kaggle_kit.subchat.chat import generate_response
-
-        return generate_response(self, node, prompt, **options)
+        return _turn(node, "reply")(self, prompt, **options)
 
     def generate_response_stream(self, node, prompt: str, **options) -> Iterator[str]:
-        from kaggle_kit.subchat.chat import generate_response_stream
+        yield from _turn(node, "reply_stream")(self, prompt, **options)
 
-        yield from generate_response_stream(self, node, prompt, **options)
+
+def _turn(node, method: str):
+    turn = getattr(node, method, None)
+    if turn is None:
+        raise TypeError(f"expected a subchat Node, got {type(node).__name__}")
+    return turn

@@ -102,7 +102,7 @@ def router(store_provider: Callable, client_provider: Callable, auth) -> APIRout
         from kaggle_kit.chat.types import AllBackendsFailed
 
         try:
-            reply = client.generate_response(n, body.content, **options)
+            reply = n.reply(client, body.content, **options)
         except AllBackendsFailed as e:
             raise ApiError(503, str(e), type="service_unavailable_error", code="no_backend") from None
         except ValueError as e:
@@ -116,7 +116,7 @@ def router(store_provider: Callable, client_provider: Callable, auth) -> APIRout
 def _sse(client, node, content: str, options: dict):
     """Runs in Starlette's thread pool (a sync generator), so generation never blocks the event loop."""
     try:
-        for piece in client.generate_response_stream(node, content, **options):
+        for piece in node.reply_stream(client, content, **options):
             yield f"data: {json.dumps({'delta': piece})}\n\n"
         last = node.messages[-1]
         yield f"data: {json.dumps({'message': last.to_dict()})}\n\n"

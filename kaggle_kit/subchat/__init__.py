@@ -2,7 +2,7 @@
 
     store = kk.subchat.open_store()
     root = store.new_conversation("Optimise softmax")
-    reply = client.generate_response(root, "How should I tile this?")
+    reply = root.reply(client, "How should I tile this?")   # or client.generate_response(root, ...)
     sub = root.branch(from_message=reply, title="Shared-memory details")
     sub.context()          # what the model would be sent for sub's next turn
 """

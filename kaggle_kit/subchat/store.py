@@ -120,6 +120,18 @@ class Node:
         return build_context(self, budget_tokens=budget_tokens, count_tokens=count_tokens,
                              pending_user=pending_user, max_tokens=max_tokens)
 
+    def reply(self, client, prompt: str, **options) -> Message:
+        """One turn here with `client` (a chat client): the prompt and the answer persisted."""
+        from kaggle_kit.subchat.chat import generate_response
+
+        return generate_response(client, self, prompt, **options)
+
+    def reply_stream(self, client, prompt: str, **options) -> Iterator[str]:
+        """Like reply, yielding the answer as it arrives."""
+        from kaggle_kit.subchat.chat import generate_response_stream
+
+        yield from generate_response_stream(client, self, prompt, **options)
+
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "store"}
 

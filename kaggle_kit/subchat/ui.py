@@ -86,7 +86,7 @@ class SubchatWidget:
         self.status.value = "generating…"
         answer = ""
         try:
-            for piece in self.client.generate_response_stream(node, text):
+            for piece in node.reply_stream(self.client, text):
                 answer += piece
                 self.live.value = f"<div style='opacity:.7'><b>assistant</b> {html.escape(answer)}</div>"
             self.status.value = f"answered by {self.client.backend}"
