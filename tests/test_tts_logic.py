@@ -239,3 +239,20 @@ def test_a_request_fans_out_into_seeded_single_samples():
     specs = GenerationRequest((1, 2), SamplingSpec(n=3, seed=7, temperature=0.5)).samples()
     assert [(s.n, s.seed, s.temperature) for s in specs] == [(1, 7, 0.5), (1, 8, 0.5), (1, 9, 0.5)]
     assert [s.seed for s in GenerationRequest((1,), SamplingSpec(n=2)).samples()] == [None, None]
+
+
+def test_dvts_keeps_one_path_per_subtree_where_beam_search_crowds():
+    # A strong first step (A) fills both of beam search's beams with its children; DVTS's two
+    # subtrees each keep their own best (A in one, B in the other), so its finalists stay diverse.
+    tree = {"": [step("A\n\n", 0.9), step("B\n\n", 0.6), step("C\n\n", 0.5)],
+            "A\n\n": [step("x", 0.9, True), step("y", 0.85, True)],
+            "B\n\n": [step("u", 0.7, True), step("v", 0.65, True)],
+            "C\n\n": [step("w", 0.4, True), step("z", 0.3, True)]}
+    opts = dict(beam_size=2, candidates_per_step=2, score_aggregation="min", **BASE)
+    beam = run_strategy(MSGS, engine=ScriptedEngine(tree), strategy="beam_search", **opts)
+    eng = ScriptedEngine(tree)
+    dvts = run_strategy(MSGS, engine=eng, strategy="dvts", **opts)
+    first = lambda res: sorted(c.steps[0].text for c in res.candidates)  # noqa: E731
+    assert first(beam) == ["A\n\n", "A\n\n"] and first(dvts) == ["A\n\n", "B\n\n"]
+    assert beam.text == dvts.text == "A\n\nx"
+    assert len(eng.calls) == 2 and all(len(call) == 2 and all(r.sampling.n == 2 for r in call) for call in eng.calls)

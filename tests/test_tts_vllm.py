@@ -27,8 +27,9 @@ class Recording:
         return outs
 
 
-@pytest.mark.parametrize("scorer", ["entropy", "perplexity", "sequence_prob", "confidence"])
-@pytest.mark.parametrize("strategy", ["offline_bon", "online_bon", "beam_search"])
+@pytest.mark.parametrize("strategy, scorer", [(st, sc) for st in ("offline_bon", "online_bon", "beam_search")
+                                               for sc in ("entropy", "perplexity", "sequence_prob", "confidence")]
+                         + [("dvts", "entropy")])
 def test_strategy_end_to_end(registered, strategy, scorer):
     rec = Recording(registered)
     res = kk.run_strategy(MSGS, engine=rec, strategy=strategy, scorer=scorer, **SMALL)
@@ -56,6 +57,8 @@ def test_strategy_end_to_end(registered, strategy, scorer):
     assert u.engine_calls == depth
     if strategy == "online_bon":
         assert u.engine_calls == len(res.steps)
+    if strategy == "dvts":  # one request per live subtree per call, one finalist per subtree
+        assert all(len(call) <= SMALL["beam_size"] for call in rec.calls) and len(res.candidates) == SMALL["beam_size"]
     prompts = {r.prompt_ids for call in rec.calls for r, _ in call}
     for k in range(len(res.steps)):
         assert base + tuple(t for s in res.steps[:k] for t in s.token_ids) in prompts

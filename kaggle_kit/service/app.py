@@ -3,7 +3,7 @@
 What each request streams (stream=true):
   plain generation  tokens as the engine produces them;
   online_bon        each step's text once it is chosen;
-  beam_search       text once every beam still in the running shares it (often
+  beam_search, dvts text once every beam still in the running shares it (often
                     late: beams diverge early), the rest when the search ends;
   offline_bon       the whole chosen answer when the search ends.
 Thinking text (enable_thinking) goes to `reasoning_content`, never `content`.

@@ -33,8 +33,8 @@ def check(limits: Limits, params, prompt_tokens: int) -> None:
     """Raise a 400 naming the limit a TTS request goes over."""
     w = sequences_in_flight(params)
     field = "tts_" + SHAPES[params.strategy].width_param  # the request's name for it
-    what = f"{field}={getattr(params, field[4:])}" + (
-        f" x tts_candidates_per_step={params.candidates_per_step}" if params.strategy == "beam_search" else "")
+    width = getattr(params, field[4:])
+    what = f"{field}={width}" + (f" x tts_candidates_per_step={params.candidates_per_step}" if w != width else "")
     if w > limits.max_sequences:
         raise ApiError(400, f"{what} keeps {w} sequences in flight; this server allows {limits.max_sequences} per "
                             f"request (limit max_sequences)", param=field, code="request_too_large")

@@ -21,6 +21,7 @@ SHAPES: dict[str, Shape] = {
     "offline_bon": Shape("num_trajectories", lambda p: p.num_trajectories, lambda p: p.num_trajectories),
     "online_bon": Shape("candidates_per_step", lambda p: p.candidates_per_step, lambda p: 1),
     "beam_search": Shape("beam_size", lambda p: p.beam_size * p.candidates_per_step, lambda p: p.beam_size),
+    "dvts": Shape("beam_size", lambda p: p.beam_size * p.candidates_per_step, lambda p: p.beam_size),
 }
 STRATEGIES = tuple(SHAPES)  # every list of strategy names derives from this table
 
@@ -48,8 +49,8 @@ class TTSParams:
     strategy: str = "online_bon"
     scorer: str = "entropy"
     num_trajectories: int = 8  # offline_bon: N
-    candidates_per_step: int = 4  # online_bon / beam_search
-    beam_size: int = 4
+    candidates_per_step: int = 4  # online_bon / beam_search / dvts
+    beam_size: int = 4  # beam_search: beams kept; dvts: independent subtrees
     max_steps: int = 100
     score_aggregation: str = "min"
     window_size: int | None = None  # aggregate over the last W step scores

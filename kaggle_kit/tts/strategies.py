@@ -1,4 +1,4 @@
-"""Offline best-of-N, online best-of-N and beam search.
+"""Offline best-of-N, online best-of-N, beam search and diverse verifier tree search.
 
 Each strategy is a generator for one prompt: it yields the engine requests of its
 next step and receives their completions. `drive` merges the pending requests of
@@ -109,6 +109,39 @@ def beam_search(s: Search, tokenizer=None) -> StrategyGen:
     return best(finished), finished
 
 
+def dvts(s: Search, tokenizer=None) -> StrategyGen:
+    """Diverse verifier tree search (huggingface/search-and-learn's DVTS): beam_size independent
+    subtrees, each expanding its own path with n = candidates_per_step per step and keeping its
+    own best, so one strong early step cannot fill every beam as in beam search; the best
+    finished answer of all subtrees wins. All subtrees share one engine call per step."""
+    p = s.p
+    paths, finished = [Path() for _ in range(p.beam_size)], []
+    for _ in range(p.max_steps):
+        reqs, owners = [], []
+        for q in paths:
+            r = s.request(q, n=p.candidates_per_step)
+            if r is None:
+                finished.append(q)
+            else:
+                reqs.append(r)
+                owners.append(q)
+        if not reqs:
+            paths = []
+            break
+        outs = yield reqs
+        s.count(reqs, outs)
+        paths = []
+        for q, completions in zip(owners, outs):
+            top = max((s.extend(q, c) for c in completions), key=lambda x: x.rank_key)
+            (paths if top.live else finished).append(top)
+        s.fix(paths + finished)
+        if not paths:
+            break
+    if paths:
+        finished += yield from _finish(paths, s)
+    return best(finished), finished
+
+
 def _finish(paths: list[Path], s: Search):
     """max_steps reached: finish every live path with one final continuation (one engine call)."""
     reqs, owners, done = [], [], []
@@ -126,7 +159,7 @@ def _finish(paths: list[Path], s: Search):
     return done
 
 
-STRATEGY_FUNCS = {"offline_bon": offline_bon, "online_bon": online_bon, "beam_search": beam_search}
+STRATEGY_FUNCS = {"offline_bon": offline_bon, "online_bon": online_bon, "beam_search": beam_search, "dvts": dvts}
 assert tuple(STRATEGY_FUNCS) == STRATEGIES, "a strategy needs its Shape in tts/params.py and its function here"
 
 
