@@ -220,6 +220,9 @@ def test_problems_too_big_beside_the_engine_wait_for_it_to_sleep(registered, tin
     lines: list[str] = []
     runner = Runner(cfg, log=lines.append, eval_memory=(100.0, 10_000.0), footprints=table)
     assert runner.engine is not None and runner.engine.can_sleep is False
+    assert runner.estimate(3).endswith("problems (100 MiB beside the engine): 0 beside the engine, 1 with the engine "
+                                       "asleep (in batches), 1 skipped (too big for this GPU), 1 never measured (tried "
+                                       "beside the engine; moved to the sleeping engine on out-of-memory)")
     futures = [runner.submit(make_record(cfg, Job(p, 0, []), [Candidate(0, REUSE, 0.5)], 0, {}, [], 0.0))
                for p in (RELU, softmax, huge)]
     try:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
+from kernels_eval import footprint
 from kernels_eval.pool import EvalPool
 from kernels_eval.problems import Problem, load_problems
 from kernels_eval.prompts import build_messages
@@ -157,6 +158,10 @@ class Runner:
                 f"with {self.pool.workers} build workers) = {describe(total)}{budget}")
         if self.deadline and time.time() + total > self.deadline:
             line += " -> more than the budget: the run will stop at the deadline and resume next session"
+        if self.pool.room is not None and self.cfg.evaluate:  # beside a local engine on a GPU
+            where = footprint.plan(self.problems.values(), self.pool.headroom_mib, self.pool.capacity_mib,
+                                   self.pool.footprints)
+            line += f"\nproblems ({self.pool.headroom_mib:.0f} MiB beside the engine): {footprint.describe_plan(where)}"
         return line
 
     def time_left(self) -> float:
