@@ -46,7 +46,6 @@ class EvalPool:
         self.device = device
         self.headroom_mib, self.capacity_mib, self.room, self.footprints = headroom_mib, capacity_mib, room, footprints
         self._deferred: list[tuple[Problem, str, bool, Future, str]] = []
-        self.sleeps = 0  # run_deferred calls that put the engine to sleep
         self.workers = max(1, workers or cpu_count())
         self.lock = Path(device_lock) if device_lock else default_lock(device, eval_options.get("cache_dir"))
         self.options = eval_options
@@ -91,7 +90,7 @@ class EvalPool:
             out.set_exception(inner.exception())
             return
         result = inner.result()
-        if result.retryable and self.room is not None:  # out of memory beside the engine: try with it asleep
+        if result.retryable and self.room is not None:  # the harness failed beside the engine: again with it asleep
             self._defer(problem, source, timed, out, result.message.splitlines()[0][:300] if result.message else "")
         else:
             out.set_result(result)
@@ -112,7 +111,6 @@ class EvalPool:
             batch, self._deferred = self._deferred, []
         if not batch:
             return 0
-        self.sleeps += 1
         # The device lock first: no evaluation beside the engine is on the device while it sleeps (it
         # could take what the engine needs to wake). The batch, one at a time, uses a lock of its own.
         alone = self.lock.with_name(self.lock.stem + "-asleep.lock")
