@@ -92,12 +92,9 @@ class _HarnessPhase:
         return False
 
 
-_GPU_TOTAL: list[int | None] = [None]  # the spec's gpu_total_bytes, set once per process
-
-
-def _candidate_error(prefix: str, e: BaseException, reference_bytes: int = 0) -> dict:
+def _candidate_error(prefix: str, e: BaseException, reference_bytes: int = 0, gpu_total_bytes: int | None = None) -> dict:
     text = f"{type(e).__name__}: {str(e)[-2000:]}"
-    if classify_candidate_oom(text, reference_bytes, _GPU_TOTAL[0]) == "harness":
+    if classify_candidate_oom(text, reference_bytes, gpu_total_bytes) == "harness":
         where = ("under the evaluator's memory limit for an allocation no bigger than the reference's own forward"
                  if "tried to allocate" in text and "GPU" not in text else
                  "for an allocation that would fit on a free GPU (another process holds the rest)")
@@ -284,7 +281,7 @@ def _evaluate(spec: dict, send) -> dict:
     import torch
 
     device = spec["device"]
-    _GPU_TOTAL[0] = spec.get("gpu_total_bytes")
+    gpu_total = spec.get("gpu_total_bytes")  # the whole GPU the evaluator may have, if less than the card
     clocks = _clock_functions(device)  # captured before the candidate exists
     provenance = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda, "dtype": "float32",
                   "timing": "cuda_events+l2_flush" if device == "cuda" else "perf_counter_ns"}
@@ -348,7 +345,7 @@ def _evaluate(spec: dict, send) -> dict:
     try:
         new = ModelNew(*init_inputs).to(device).eval()
     except Exception as e:
-        return {**result, **_candidate_error("ModelNew(*get_init_inputs()) failed", e)}
+        return {**result, **_candidate_error("ModelNew(*get_init_inputs()) failed", e, gpu_total_bytes=gpu_total)}
     try:
         new.load_state_dict(ref.state_dict(), strict=True)
         provenance["weights"] = "copied"
@@ -398,7 +395,7 @@ def _evaluate(spec: dict, send) -> dict:
             if device == "cuda":
                 clocks["sync"]()
         except Exception as e:
-            return {**result, "trials": trial, **_candidate_error(f"trial {trial}", e, ref_bytes)}
+            return {**result, "trials": trial, **_candidate_error(f"trial {trial}", e, ref_bytes, gpu_total)}
         ok, why, diff = _compare(ref_out, new_out, new_in, tol, device)
         del new_in, new_out, ref_out
         worst = max(worst, diff) if diff == diff else worst
@@ -445,7 +442,7 @@ def _evaluate(spec: dict, send) -> dict:
         except HarnessFailure:
             raise
         except Exception as e:
-            return {**result, "status": "runtime_error", "correct": False, **_candidate_error("timing", e)}
+            return {**result, "status": "runtime_error", "correct": False, **_candidate_error("timing", e, gpu_total_bytes=gpu_total)}
         if result["speedup"] and result["speedup"] > spec["implausible_speedup"]:
             flags.append("implausible_speedup")
     if device == "cuda":

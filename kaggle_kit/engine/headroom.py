@@ -15,6 +15,11 @@ from kaggle_kit.engine import emulate, nvsmi
 ASLEEP_RESIDUE_MIB = 1710.0
 
 
+def asleep_capacity_mib(total_mib: float) -> float:
+    """What the evaluator gets on a GPU of `total_mib` while the engine sleeps."""
+    return total_mib - ASLEEP_RESIDUE_MIB
+
+
 def evaluator_memory() -> tuple[float, float] | None:
     """(MiB free now beside the engine, MiB the evaluator gets with the engine asleep) on the
     evaluator's GPU; None without a GPU."""
@@ -23,4 +28,4 @@ def evaluator_memory() -> tuple[float, float] | None:
         return None
     target = emulate.target()
     total = target.memory_gb * 1024 if target else gpus[0].total_bytes / nvsmi.MIB
-    return gpus[0].free_bytes / nvsmi.MIB, total - ASLEEP_RESIDUE_MIB
+    return gpus[0].free_bytes / nvsmi.MIB, asleep_capacity_mib(total)

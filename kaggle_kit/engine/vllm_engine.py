@@ -6,8 +6,8 @@ and the notebook can share one engine without interleaving engine steps.
 from __future__ import annotations
 
 import itertools
-from contextlib import contextmanager
 import threading
+from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import numpy as np

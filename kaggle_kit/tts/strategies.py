@@ -73,14 +73,8 @@ def beam_search(s: Search, tokenizer=None) -> StrategyGen:
     p = s.p
     beams, finished = [Path()], []
     for _ in range(p.max_steps):
-        reqs, owners = [], []
-        for b in beams:
-            r = s.request(b, n=p.candidates_per_step)
-            if r is None:
-                finished.append(b)
-            else:
-                reqs.append(r)
-                owners.append(b)
+        reqs, owners, full = _requests(beams, s, p.candidates_per_step)
+        finished += full
         if not reqs:
             beams = []
             break
@@ -117,14 +111,8 @@ def dvts(s: Search, tokenizer=None) -> StrategyGen:
     p = s.p
     paths, finished = [Path() for _ in range(p.beam_size)], []
     for _ in range(p.max_steps):
-        reqs, owners = [], []
-        for q in paths:
-            r = s.request(q, n=p.candidates_per_step)
-            if r is None:
-                finished.append(q)
-            else:
-                reqs.append(r)
-                owners.append(q)
+        reqs, owners, full = _requests(paths, s, p.candidates_per_step)
+        finished += full
         if not reqs:
             paths = []
             break
@@ -142,16 +130,23 @@ def dvts(s: Search, tokenizer=None) -> StrategyGen:
     return best(finished), finished
 
 
-def _finish(paths: list[Path], s: Search):
-    """max_steps reached: finish every live path with one final continuation (one engine call)."""
-    reqs, owners, done = [], [], []
+def _requests(paths: list[Path], s: Search, n: int, final: bool = False):
+    """(requests continuing `paths` with n samples each, the paths they continue, the paths the
+    window leaves no room to continue: those are done as they stand)."""
+    reqs, owners, full = [], [], []
     for path in paths:
-        r = s.request(path, n=1, final=True)
+        r = s.request(path, n=n, final=final)
         if r is None:
-            done.append(path)
+            full.append(path)
         else:
             reqs.append(r)
             owners.append(path)
+    return reqs, owners, full
+
+
+def _finish(paths: list[Path], s: Search):
+    """max_steps reached: finish every live path with one final continuation (one engine call)."""
+    reqs, owners, done = _requests(paths, s, 1, final=True)
     if reqs:
         outs = yield reqs
         s.count(reqs, outs)

@@ -297,11 +297,11 @@ def _problems_check(m: Machine, left_bytes: int, kwargs: dict, problems: list | 
     from kernels_eval import footprint
     from kernels_eval.problems import load_problems
 
-    from kaggle_kit.engine.headroom import ASLEEP_RESIDUE_MIB
+    from kaggle_kit.engine.headroom import asleep_capacity_mib
 
     problems = problems if problems is not None else load_problems()
     sleeps = bool(kwargs.get("enable_sleep_mode"))
-    capacity = min(g.total_bytes for g in m.gpus) / MIB - ASLEEP_RESIDUE_MIB
+    capacity = asleep_capacity_mib(min(g.total_bytes for g in m.gpus) / MIB)
     where = footprint.plan(problems, left_bytes / MIB, capacity)
     if not sleeps:  # nothing can free the GPU: what does not fit beside the engine is skipped
         where[footprint.SKIP] += where.pop(footprint.ASLEEP)
