@@ -35,7 +35,8 @@ def main() -> None:
            "tensor_parallel_size": engine.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size,
            "kv_cache_tokens": engine.kv_cache_tokens, "emulate": os.environ.get("KK_EMULATE_GPU"),
            "cpu_affinity": len(os.sched_getaffinity(0)),
-           "worker_start_method": os.environ.get("VLLM_WORKER_MULTIPROC_METHOD") or multiprocessing.get_start_method()}
+           "worker_start_method": os.environ.get("VLLM_WORKER_MULTIPROC_METHOD") or multiprocessing.get_start_method(),
+           "compile_cache": os.environ.get("TRITON_CACHE_DIR")}
     print(json.dumps(row), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(row, indent=1))

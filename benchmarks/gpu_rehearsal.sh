@@ -5,7 +5,7 @@
 # config.json generation_config.json model.safetensors), then on the GPU machine:
 #
 #   bash benchmarks/gpu_rehearsal.sh measure  OUT   # TTS wall ratios (and where the time goes), sleep/wake
-#   bash benchmarks/gpu_rehearsal.sh start    OUT   # engine start: the emulated T4 x2 plan, and one bare GPU
+#   bash benchmarks/gpu_rehearsal.sh start    OUT   # engine start, emulated T4 x2: a first session, then the next
 #   bash benchmarks/gpu_rehearsal.sh rehearse OUT   # the bundle notebook as one emulated T4 x2 session
 #   bash benchmarks/gpu_rehearsal.sh kernelbench OUT  # every KernelBench reference as its own candidate, all GPUs
 #   bash benchmarks/gpu_rehearsal.sh beside   OUT   # evaluation beside the emulated T4 engine and with it asleep
@@ -30,13 +30,19 @@ case $what in
     python3 benchmarks/sleep_wake.py --model $models/tiny-awq --json "$out/sleep_wake.json" 2>"$out/sleep_wake.log" \
       | tee "$out/sleep_wake.txt" ;;
   start)
-    # Engine start with the plan, as a Kaggle session does it (T4 plan, TP over every GPU, 4 cores),
-    # and on one bare GPU.
-    KK_EMULATE_GPU='Tesla T4:7.5:14.75' timeout 200 taskset -c 0-3 python3 benchmarks/engine_start.py \
-      --model $models/tiny-awq --json "$out/start_t4x2_emulated.json" > "$out/start_t4x2_emulated.log" 2>&1 || true
-    CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/engine_start.py --model $models/tiny \
-      --json "$out/start_h200_tp1.json" > "$out/start_h200_tp1.log" 2>&1 || true
-    tail -n 2 "$out"/start_*.log; grep -h "init engine\|spawn\|fork" "$out"/start_*.log | cut -c1-200 ;;
+    # Engine start with the plan as a Kaggle session does it (T4 plan, TP over every GPU, 4 cores): the first
+    # session (empty compile caches), then the next with the first's output attached as an input (restored).
+    w=/tmp/kk-start; rm -rf $w; mkdir -p $w/input/session-1
+    KK_COMPILE_CACHE=$w/s1/kk-compile-cache KAGGLE_INPUT_DIR=$w/none KK_EMULATE_GPU='Tesla T4:7.5:14.75' \
+      timeout 200 taskset -c 0-3 python3 benchmarks/engine_start.py --model $models/tiny-awq \
+      --json "$out/start_t4x2_cold.json" > "$out/start_t4x2_cold.log" 2>&1 || true
+    cp -r $w/s1/kk-compile-cache $w/input/session-1/  # Kaggle mounts a kernel's output read-only under /kaggle/input
+    du -sh $w/input/session-1/kk-compile-cache | tee "$out/compile_cache_size.txt"
+    KK_COMPILE_CACHE=$w/s2/kk-compile-cache KAGGLE_INPUT_DIR=$w/input KK_EMULATE_GPU='Tesla T4:7.5:14.75' \
+      timeout 200 taskset -c 0-3 python3 benchmarks/engine_start.py --model $models/tiny-awq \
+      --json "$out/start_t4x2_warm.json" > "$out/start_t4x2_warm.log" 2>&1 || true
+    tail -n 2 "$out"/start_*.log
+    grep -h "compile caches\|Resolved arch\|init engine\|non-default\|spawn" "$out"/start_*.log | cut -c1-220 ;;
   rehearse)
     # The T4 plan on every GPU, a T4's memory each, Kaggle's 4 cores, builds for sm75 (+PTX for this GPU).
     # The run folder lives outside OUT so that a second call resumes it (records.jsonl) if this one is cut.

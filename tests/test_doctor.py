@@ -172,3 +172,13 @@ def test_doctor_says_where_each_problem_is_evaluated(qwen14b, tmp_path, monkeypa
     # Without sleep mode (vLLM's pool refuses expandable segments) nothing can free the GPU.
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     assert "0 with the engine asleep (in batches), 2 skipped" in diagnose(KAGGLE_T4X2, qwen14b).check("problems").detail
+
+
+def test_the_compile_cache_says_whether_this_start_is_warm(qwen14b):
+    cold = Machine(**{**KAGGLE_T4X2.__dict__, "compile_cache": "/kaggle/working/kk-compile-cache"})
+    c = diagnose(cold, qwen14b).check("compile cache")
+    assert c.status == "info" and "empty" in c.detail and "Add Input" in c.fix
+    warm = Machine(**{**cold.__dict__, "previous_compile_caches": 2})
+    assert "seeded from 2 earlier" in diagnose(warm, qwen14b).check("compile cache").detail
+    cpu = Machine(**{**cold.__dict__, "gpus": []})
+    assert "compile cache" not in [c.name for c in diagnose(cpu, qwen14b).checks]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_kit.config import ConfigError, Settings
-from kaggle_kit.engine import emulate, nvsmi
+from kaggle_kit.engine import compile_cache, emulate, nvsmi
 from kaggle_kit.engine.memory import DTYPE_BYTES, GIB, ModelShape, plan_memory, weights_on_disk
 
 log = logging.getLogger(__name__)
@@ -293,6 +293,8 @@ def load_model(model_path: str | None = None, *, hardware: Hardware | None = Non
     plan = plan_load(find_model_path(model_path), hardware, overrides)
     for k, v in plan.env.items():
         os.environ.setdefault(k, v)
+    if plan.device == "cuda":  # before vLLM starts: where Triton and vLLM keep what they compile
+        plan.notes.append(compile_cache.use_compile_cache(Settings.from_env().kaggle_input_dir).describe())
     kwargs = dict(plan.llm_kwargs)
     real_gb = min((g.real_memory_gb for g in hardware.gpus if g.real_memory_gb), default=None)
     if real_gb:  # rehearsing a smaller card: its budget in bytes, and its weight kernels, on this one
