@@ -81,3 +81,15 @@ class Settings:
         if host and "://" not in host:  # OLLAMA_HOST is often given as host:port
             env["ollama_host"] = "http://" + host
         return cls(**env)
+
+
+def attached_inputs(name: str, inputs_dir: str | os.PathLike | None = None) -> list["Path"]:
+    """Folders called `name` among a Kaggle session's inputs: /kaggle/input/<name>, or one or two levels
+    deeper (a notebook's output attached as an input is mounted under its slug, sometimes below its
+    owner's name; which one Kaggle uses is not documented, so every depth is looked at)."""
+    from pathlib import Path
+
+    root = Path(inputs_dir or Settings.from_env().kaggle_input_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for pattern in (name, f"*/{name}", f"*/*/{name}") for p in root.glob(pattern) if p.is_dir())

@@ -58,7 +58,7 @@ def _cmd_report(args) -> int:
     _, evaluated = RecordStore(path).latest()
     if args.round is not None:
         evaluated = {k: e for k, e in evaluated.items() if k.endswith(f"|{args.round}")}
-    results = [e.result for e in evaluated.values()]
+    results = [evaluated[k].result for k in sorted(evaluated)]  # key order: the same however the run was split
     if not results:
         print(f"kernels-eval: no evaluated records in {path}", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from kaggle_kit.config import attached_inputs
+
 DIRNAME = "kk-compile-cache"
 ENV = "KK_COMPILE_CACHE"  # a directory, or "off"; unset: /kaggle/working/kk-compile-cache on Kaggle
 KAGGLE_WORKING = Path("/kaggle/working")
@@ -49,13 +51,9 @@ def cache_root(environ: dict[str, str] | None = None, working: Path = KAGGLE_WOR
 
 
 def previous_caches(inputs: Path, root: Path | None = None) -> list[Path]:
-    """Copies of this cache in attached inputs: /kaggle/input/<slug>/kk-compile-cache, one or two levels deeper
-    for a kernel output mounted under its owner's name."""
-    if not inputs.is_dir():
-        return []
-    found = [p for pattern in (f"*/{DIRNAME}", f"*/*/{DIRNAME}", f"*/*/*/{DIRNAME}") for p in inputs.glob(pattern)]
+    """Copies of this cache in attached inputs: /kaggle/input/<slug>/kk-compile-cache, or deeper."""
     own = root.resolve() if root is not None and root.exists() else None
-    return sorted(p for p in found if p.is_dir() and p.resolve() != own)
+    return [p for p in attached_inputs(f"*/{DIRNAME}", inputs) if p.resolve() != own]
 
 
 def _count(root: Path) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kaggle_kit.experiment import merge
 from kaggle_kit.experiment.config import ExperimentConfig
 from kaggle_kit.experiment.runner import RunOutcome, run
 from kaggle_kit.experiment.views import Tables, load_rounds, load_run, load_tables, method_label, write_tables
@@ -37,7 +38,7 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[s
                     progress: bool | None = None, deadline=None, workers: int | None = None,
                     verifier: str | list[str] = "uncertainty",
                     refine_rounds: int = 1, refine_width: int = 1, target_speedup: float = 1.0,
-                    **tts_params) -> Tables:
+                    resume_from: str | list[str] | None = None, **tts_params) -> Tables:
     """Notebook 02: run (or resume) the experiment in `out_dir` and return its tables (also written as CSV).
 
     refine_rounds > 1 refines with execution feedback (`kaggle_kit.experiment.refine`) and
@@ -47,17 +48,18 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[s
     one run folder each (`out_dir/<strategy>-<scorer>`, `out_dir/<strategy>-execution`; the execution
     verifier picks by running the candidates, so it runs once per strategy, not once per scorer),
     on the same engine; the tables returned cover them all.
+
+    resume_from names earlier sessions' outputs attached as inputs (or folders): their records are
+    merged into `out_dir` first, so the run continues where they stopped (a Kaggle shard re-pushed).
     """
+    if resume_from:
+        merge.resume_from(resume_from, out_dir)
     eval_options = {"trials": 3, **(eval_options or {})}
-    points = []
-    for s, v in itertools.product(_names(strategy), _names(verifier)):
-        for sc in (_names(scorer)[:1] if v == "execution" else _names(scorer)):
-            if (s, sc, v) not in points:
-                points.append((s, sc, v))
+    points = grid_points(strategy, scorer, verifier)
     grid = len(points) > 1
     parts = []
     for s, sc, v in points:
-        name = method_label(s, sc, v).replace("/", "-") if grid else ""  # the run's folder: its method
+        name = point_folder(s, sc, v, grid)
         cfg = ExperimentConfig(experiment_name=name, out_dir=str(out_dir), problems=problems, strategy=s,
                                scorer=sc, device=device, evaluate=evaluate_kernels,
                                evaluate_candidates=evaluate_candidates, thinking=thinking, deadline=deadline,
@@ -68,6 +70,22 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[s
     if not grid:
         return parts[0]
     return write_tables(combine(parts, Path(out_dir)))  # the grid's tables beside its run folders
+
+
+def grid_points(strategy, scorer, verifier) -> list[tuple[str, str, str]]:
+    """The (strategy, scorer, verifier) runs a notebook's comma lists ask for. The execution verifier
+    picks by running the candidates, so it runs once per strategy, not once per scorer."""
+    points = []
+    for s, v in itertools.product(_names(strategy), _names(verifier)):
+        for sc in (_names(scorer)[:1] if v == "execution" else _names(scorer)):
+            if (s, sc, v) not in points:
+                points.append((s, sc, v))
+    return points
+
+
+def point_folder(strategy: str, scorer: str, verifier: str, grid: bool) -> str:
+    """A grid point's run folder below out_dir: its method; a single run is out_dir itself."""
+    return method_label(strategy, scorer, verifier).replace("/", "-") if grid else ""
 
 
 def combine(parts: list[Tables], out_dir: Path) -> Tables:

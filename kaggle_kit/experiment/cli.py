@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from kernels_eval import cli as kernels_cli
 
@@ -10,10 +11,18 @@ from kaggle_kit.tts.params import STRATEGIES
 
 
 def _cmd_run(args) -> int:
-    from kaggle_kit.experiment import ExperimentConfig, load_tables, run, write_tables
+    from kernels_eval.problems import load_problems
 
+    from kaggle_kit.config import ConfigError
+    from kaggle_kit.experiment import ExperimentConfig, load_tables, merge, run, write_tables
+    from kaggle_kit.experiment.config import parse_shard, shard_of
+
+    problems = args.problem
+    if args.shard:  # this shard's part of the problems, split as `kaggle-kit shards plan` splits them
+        names = [p.name for p in load_problems(args.problems, args.level, problems)]
+        problems = shard_of(names, *parse_shard(args.shard))
     cfg = ExperimentConfig(
-        experiment_name=args.experiment_name, out_dir=args.out_dir, model=args.model_name, problems=args.problem,
+        experiment_name=args.experiment_name, out_dir=args.out_dir, model=args.model_name, problems=problems,
         problems_dir=args.problems, level=args.level, num_samples=args.num_samples, strategy=args.tts_strategy,
         scorer=args.tts_scorer, num_trajectories=args.tts_num_trajectories,
         candidates_per_step=args.tts_candidates_per_step, beam_size=args.tts_beam_size, max_steps=args.tts_max_steps,
@@ -23,6 +32,12 @@ def _cmd_run(args) -> int:
         run_timeout=args.timeout, service_url=args.tts_service_url, batch_size=args.batch_size, workers=args.workers,
         deadline=args.deadline, refine_rounds=args.refine_rounds, refine_width=args.refine_width,
         target_speedup=args.target_speedup)
+    if args.resume_from:  # earlier sessions' copies of this run (their out_dirs): merged in first, then resumed
+        copies = [Path(p) / args.experiment_name for p in args.resume_from.split(",") if p.strip()]
+        missing = [str(c) for c in copies if not (c / "run.json").exists()]
+        if missing:
+            raise ConfigError(f"--resume_from: no run {args.experiment_name!r} in {', '.join(missing)}")
+        merge.merge_run(copies, cfg.folder)
     outcome = run(cfg)  # refines when refine_rounds > 1
     write_tables(load_tables(cfg.folder))
     print(cfg.folder / "records.jsonl")
@@ -35,6 +50,9 @@ def add_run(sub) -> None:
     run.add_argument("--level", type=int, default=None)
     run.add_argument("--problems", default=None, help="a directory of KernelBench problems (default: the bundled set)")
     run.add_argument("--problem", action="append", help="only these problems (repeatable)")
+    run.add_argument("--shard", default=None, help="I/N: only the I-th of N contiguous parts of the problems")
+    run.add_argument("--resume_from", default=None, help="out_dirs of earlier sessions of this run (comma-separated): "
+                     "their records are merged in first")
     run.add_argument("--experiment_name", required=True)
     run.add_argument("--out_dir", default="runs", help="records go to OUT_DIR/EXPERIMENT_NAME/records.jsonl")
     run.add_argument("--tts_strategy", default="offline_bon", choices=STRATEGIES)

@@ -102,6 +102,27 @@ class ExperimentConfig:
         return cls(**kwargs)
 
 
+def shard_of(names: list[str], index: int, count: int) -> list[str]:
+    """Shard `index` (0-based) of `count`: contiguous, near-equal parts of `names` in their own order,
+    the same split for `kernels-eval run --shard` and `kaggle-kit shards plan`."""
+    if not 0 <= index < count:
+        raise ConfigError(f"shard {index + 1} of {count} does not exist")
+    size, extra = divmod(len(names), count)
+    start = index * size + min(index, extra)
+    return names[start:start + size + (index < extra)]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/4' -> (1, 4): the second of four shards."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: write I/N, e.g. 2/4") from None
+    if not 1 <= i <= n:
+        raise ConfigError(f"--shard {text!r}: I must be between 1 and N")
+    return i - 1, n
+
+
 def check_resumable(cfg: ExperimentConfig) -> None:
     """Write run.json on a fresh folder; refuse to mix records made with other result settings."""
     path = cfg.folder / "run.json"

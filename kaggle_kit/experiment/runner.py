@@ -140,14 +140,8 @@ class Runner:
 
     def seconds_per_item(self) -> tuple[float, float]:
         """(generation, evaluation) seconds per item: measured once a batch has run, else upper bounds."""
-        dev = self.cfg.device
-        gen = self.gen_s_per_item or self._tokens_per_item() / DEFAULT_TOKENS_PER_S[dev] / max(1, self.cfg.batch_size)
-        width = 1 + (self._width() - 1) * (self.cfg.evaluate_candidates or self.cfg.verifier == "execution")
-        ev = self.eval_s_per_item or width * DEFAULT_BUILD_S[dev] / self.pool.workers
-        return gen, (ev if self.cfg.evaluate else 0.0)
-
-    def _width(self) -> int:
-        return SHAPES[self.cfg.strategy].finalists(self.cfg)
+        gen, ev = item_seconds(self.cfg, self.pool.workers)
+        return self.gen_s_per_item or gen, (self.eval_s_per_item or ev) if self.cfg.evaluate else 0.0
 
     def estimate(self, n_items: int) -> str:
         gen, ev = self.seconds_per_item()
@@ -263,6 +257,14 @@ class Runner:
         cancel = self.outcome.stopped_early
         self.items.shutdown(wait=not cancel, cancel_futures=cancel)
         self.pool.shutdown(cancel=cancel)
+
+
+def item_seconds(cfg: ExperimentConfig, workers: int) -> tuple[float, float]:
+    """(generation, evaluation) seconds per item before anything is measured: upper bounds from the
+    tokens a strategy keeps in flight and the candidates it builds (also the shard planner's estimate)."""
+    gen = sequences_in_flight(cfg) * cfg.max_tokens / DEFAULT_TOKENS_PER_S[cfg.device] / max(1, cfg.batch_size)
+    width = 1 + (SHAPES[cfg.strategy].finalists(cfg) - 1) * (cfg.evaluate_candidates or cfg.verifier == "execution")
+    return gen, (width * DEFAULT_BUILD_S[cfg.device] / max(1, workers) if cfg.evaluate else 0.0)
 
 
 def score_key(x) -> float:
