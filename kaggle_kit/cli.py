@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 
@@ -167,6 +168,48 @@ def _cmd_fetch(args) -> int:
     return 0
 
 
+def _cmd_shards(args) -> int:
+    from pathlib import Path
+
+    from kaggle_kit.workflow import kaggle, shards
+
+    root = Path(args.root)
+    if args.action == "plan":
+        quota = None
+        if args.quota == "live":
+            used_total = kaggle.gpu_quota()
+            if used_total is None:
+                raise RuntimeError("`kaggle quota` did not report a GPU quota; pass --quota HOURS")
+            quota = (used_total[1] - used_total[0], "left this week, from `kaggle quota`")
+        elif args.quota is not None:
+            quota = (float(args.quota), "given with --quota")
+        m = shards.plan(args.run, args.shards, _params(args.p), owner=args.owner, local_problems=args.local_problems,
+                        quota=quota)
+        print(shards.describe_plan(m))
+        print(f"plan written to {m.save(root)}; next: kaggle-kit shards push {args.run}")
+        return 0
+    m = shards.Manifest.load(args.run, root)
+    if args.action == "push":
+        pushed = shards.push(m, root, stale_hours=args.stale_hours)
+        print(f"{len(pushed)} kernel(s) pushed" if pushed else "nothing to push: every shard has a kernel that is "
+              "queued, running or finished (status, pull and merge tell what is left)")
+    elif args.action == "status":
+        rows = shards.wait(m, root, poll_s=args.poll) if args.wait else shards.status(m, root)
+        for s in rows:
+            a = s.last
+            state = f"{a.kernel_id}: {a.status}" + (f" ({a.message})" if a.message else "") if a else "not pushed"
+            left = "" if s.missing is None else f", {len(s.missing)} missing after the last merge"
+            print(f"shard {s.index + 1}: {state}{left}")
+    elif args.action == "pull":
+        got = shards.pull(m, root)
+        print(f"pulled {len(got)} kernel output(s) into {root / m.run / 'pulled'}" if got else "nothing new to pull")
+    elif args.action == "merge":
+        report = shards.merge(m, root)
+        print(report.describe())
+        return 0 if not any(report.missing.values()) else 3  # 3: work left (push again to resume it)
+    return 0
+
+
 def _cmd_golden(args) -> int:
     from kaggle_kit.workflow.golden import regenerate
 
@@ -276,6 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("kernel", nargs="?", default=None, help="owner/slug (default: kernel-metadata.json's id)")
     fe.add_argument("--out", default="runs/kaggle")
     fe.set_defaults(func=_cmd_fetch)
+
+    sh = sub.add_parser("shards", help="split a run over several Kaggle sessions: plan, push, status, pull, merge")
+    sh.add_argument("action", choices=["plan", "push", "status", "pull", "merge"])
+    sh.add_argument("run", help="the run's name (kernels are <owner>/kk-<run>-s<i>of<n>)")
+    sh.add_argument("--root", default="shards", help="where manifests, pushed folders, outputs and merges live")
+    sh.add_argument("--shards", type=int, default=2, help="plan: how many sessions")
+    sh.add_argument("--owner", default=os.environ.get("KAGGLE_USERNAME", ""), help="plan: the Kaggle user (default: $KAGGLE_USERNAME)")
+    sh.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="plan: a notebook parameter (repeatable)")
+    sh.add_argument("--local-problems", default=None, help="plan: a local copy of problems_dir, to list its problems")
+    sh.add_argument("--quota", default=None, help="plan: GPU hours available, or 'live' (`kaggle quota`); default 30")
+    sh.add_argument("--stale-hours", type=float, default=6.0, help="push: re-push a shard queued this long")
+    sh.add_argument("--wait", action="store_true", help="status: poll until every shard has finished")
+    sh.add_argument("--poll", type=float, default=60.0, help="status --wait: seconds between polls")
+    sh.set_defaults(func=_cmd_shards)
 
     go = sub.add_parser("golden", help="regenerate the nbval golden notebooks (tests/golden) on the tiny model")
     go.set_defaults(func=_cmd_golden)

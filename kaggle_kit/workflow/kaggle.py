@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,21 +81,23 @@ def load_metadata(path: str | Path = METADATA) -> dict[str, Any]:
 
 
 def prepare_push(out_dir: str | Path = "build/kaggle", params: dict[str, Any] | None = None,
-                 metadata_path: str | Path = METADATA) -> Path:
-    """A folder ready for `kaggle kernels push`: the bundled notebook (params injected) + metadata."""
+                 metadata_path: str | Path = METADATA, meta: dict[str, Any] | None = None) -> Path:
+    """A folder ready for `kaggle kernels push`: the bundled notebook (params injected) + metadata
+    (kernel-metadata.json, with the keys of `meta` replaced)."""
     from kaggle_kit.workflow.notebooks import build_bundle, inject
 
-    meta = load_metadata(metadata_path)
+    meta = {**load_metadata(metadata_path), **(meta or {})}
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     name = Path(meta.get("code_file") or "kaggle_kit_bundle.ipynb").name
-    bundle = build_bundle()
+    bundle = build_bundle(out_path=out / "bundle.ipynb")
     if params:
         inject(bundle, params, out / name)
+        bundle.unlink()
     else:
-        shutil.copy(bundle, out / name)
+        bundle.rename(out / name)
     meta["code_file"] = name
     errors = validate_metadata(meta, out)
     if errors:
@@ -112,7 +115,8 @@ def _scrub(text: str) -> str:
 
 
 def _kaggle(args: list[str]) -> str:
-    exe = shutil.which("kaggle")
+    beside = Path(sys.executable).with_name("kaggle")  # this environment's CLI when it is not activated
+    exe = shutil.which("kaggle") or (str(beside) if beside.is_file() else None)
     if exe is None:
         raise RuntimeError("the kaggle CLI is not installed (pip install kaggle) or not on PATH")
     proc = subprocess.run([exe, *args], capture_output=True, text=True)
@@ -124,14 +128,53 @@ def _kaggle(args: list[str]) -> str:
 
 def push(params: dict[str, Any] | None = None, out_dir: str | Path = "build/kaggle") -> str:
     """Validate, bundle and `kaggle kernels push`; returns the CLI's (scrubbed) output."""
-    folder = prepare_push(out_dir, params)
-    return _kaggle(["kernels", "push", "-p", str(folder)])
+    return push_folder(prepare_push(out_dir, params))[1]
 
 
-def fetch(kernel_id: str | None = None, out_dir: str | Path = "runs/kaggle") -> Path:
-    """Download a finished kernel's output (`kaggle kernels output`)."""
+_PUSHED = re.compile(r"Kernel version (\d+) successfully pushed")
+
+
+def push_folder(folder: str | Path) -> tuple[int | None, str]:
+    """`kaggle kernels push -p folder`: (the version Kaggle gave it, the CLI's output). The CLI reports a
+    refused push on stdout with exit status 0 ("Kernel push error: ..."): that is an error here."""
+    out = _kaggle(["kernels", "push", "-p", str(folder)])
+    if "Kernel push error" in out or "successfully pushed" not in out:
+        raise RuntimeError(f"kaggle kernels push {folder}: {out.strip()[-1500:]}")
+    m = _PUSHED.search(out)
+    return (int(m.group(1)) if m else None), out
+
+
+# What `kaggle kernels status` prints: 'owner/slug has status "KernelWorkerStatus.COMPLETE"' (CLI 2.x,
+# kagglesdk's KernelWorkerStatus enum) or '... has status "complete"' (1.x).
+_STATUS = re.compile(r'has status "(?:KernelWorkerStatus\.)?([A-Za-z_]+)"')
+_FAILURE = re.compile(r'Failure message: "(.*)"', re.S)
+
+
+def kernel_status(kernel_id: str) -> tuple[str, str]:
+    """(status in lower case: queued, running, complete, error, cancel_requested, ..., message)."""
+    out = _kaggle(["kernels", "status", kernel_id])
+    m = _STATUS.search(out)
+    if not m:
+        raise RuntimeError(f"kaggle kernels status {kernel_id}: unexpected output {out.strip()[-300:]!r}")
+    f = _FAILURE.search(out)
+    return m.group(1).lower(), (f.group(1).strip() if f else "")
+
+
+def gpu_quota() -> tuple[float, float] | None:
+    """(hours used, hours allowed) of this week's GPU quota (`kaggle quota`, CLI >= 2.2), or None."""
+    out = _kaggle(["quota", "--csv"])
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if cells and cells[0] == "GPU" and len(cells) >= 4:
+            return float(cells[1].rstrip("h")), float(cells[3].rstrip("h"))
+    return None
+
+
+def fetch(kernel_id: str | None = None, out_dir: str | Path = "runs/kaggle", file_pattern: str | None = None) -> Path:
+    """Download a finished kernel's output (`kaggle kernels output`), or the files matching a regex."""
     kernel_id = kernel_id or load_metadata()["id"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _kaggle(["kernels", "output", kernel_id, "-p", str(out)])
+    _kaggle(["kernels", "output", kernel_id, "-p", str(out), "--force", "--quiet"]
+            + (["--file-pattern", file_pattern] if file_pattern else []))
     return out
