@@ -284,3 +284,27 @@ def test_notebook_path_resumes_after_kill_9(tmp_path, tiny_model_dir):
     keys = [r.key for r in RecordStore(path) if r.kind == "generated"]
     assert len(gen) == 4 == len(keys) and set(ev) == set(gen)
     assert (out / "results.csv").exists()
+
+
+def test_the_run_flags_are_the_config_and_the_tts_defaults_are_one_set():
+    """`kernels-eval run`'s flags come from ExperimentConfig's fields: with none given, the config is the
+    dataclass's own default; its TTS defaults are TTSParams'; the TTS flags are the service's request fields."""
+    import argparse
+
+    from kaggle_kit.experiment.config import add_arguments, from_arguments
+    from kaggle_kit.service.schemas import ChatCompletionRequest
+    from kaggle_kit.tts.params import WIRE_FIELDS, TTSParams, wire_name
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert from_arguments(parser.parse_args(["--experiment_name", "x"])) == ExperimentConfig(experiment_name="x")
+    cfg, tts = ExperimentConfig(), TTSParams()
+    assert all(getattr(cfg, f) == getattr(tts, f) for f in WIRE_FIELDS + ("temperature", "top_p", "top_k", "max_tokens"))
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    assert [flags[f] for f in WIRE_FIELDS] == ["--" + wire_name(f) for f in WIRE_FIELDS]
+    assert [k for k in ChatCompletionRequest.model_fields if k.startswith("tts_")] == [wire_name(f) for f in WIRE_FIELDS]
+    given = from_arguments(parser.parse_args(["--experiment_name", "x", "--chosen_only", "--no_evaluate",
+                                              "--tts_beam_size", "3", "--problem", "relu", "--problem", "gelu"]))
+    assert (given.evaluate_candidates, given.evaluate, given.beam_size, given.problems) == (False, False, 3, ["relu", "gelu"])
+    assert TTSParams(strategy="beam_search", window_size=None).to_wire()["tts_strategy"] == "beam_search"
+    assert "tts_window_size" not in TTSParams().to_wire()  # unset fields stay off the wire

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from kaggle_kit.config import ConfigError
-from kaggle_kit.tts.params import STRATEGIES
+from kaggle_kit.tts.aggregation import AGGREGATIONS
+from kaggle_kit.tts.params import STRATEGIES, WIRE_FIELDS, TTSParams, wire_name
+from kaggle_kit.tts.scorers import SCORERS
 
 # Settings that change what a record means: a rerun must agree on them to resume.
 # (Problems and samples may grow: items are keyed by them. Whether to evaluate, and
@@ -18,49 +20,71 @@ RESULT_FIELDS = ("strategy", "scorer", "num_trajectories", "candidates_per_step"
                  "refine_rounds", "refine_width", "target_speedup")
 
 
+_TTS = TTSParams()  # the one set of TTS defaults: the library's, the service's and a run's
+
+
+def _opt(default=None, help: str = "", flag: str | None = None, **argparse_kw):
+    """A config field and its `kernels-eval run` flag (named `flag`, else the field's name)."""
+    meta = {"help": help, "flag": flag, **argparse_kw}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _tts(name: str, help: str, **kw):
+    """A TTS parameter: TTSParams' default, and the service's request name (tts_<name>) as its flag."""
+    wire = wire_name(name) if name in WIRE_FIELDS else None
+    return _opt(getattr(_TTS, name), help, flag=wire, **kw)
+
+
 @dataclass
 class ExperimentConfig:
-    experiment_name: str = "latest"
-    out_dir: str = "runs"  # records and tables go to out_dir/experiment_name
-    model: str | None = None  # model folder (local engine) or the served model id (service)
-    problems: list[str] | None = None  # names; None = every problem found
-    problems_dir: str | None = None  # a KernelBench tree (default: the bundled set)
-    level: int | None = None
-    num_samples: int = 1
-    # test-time scaling (the seed's names)
-    strategy: str = "online_bon"
-    scorer: str = "entropy"
-    num_trajectories: int = 4
-    candidates_per_step: int = 4
-    beam_size: int = 4
-    max_steps: int = 50
-    score_aggregation: str = "min"
-    window_size: int | None = None
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 20
-    max_tokens: int = 4096
-    seed: int = 0
-    thinking: bool = False
+    """One kernel experiment; its fields are also `kernels-eval run`'s flags (`add_arguments`)."""
+
+    experiment_name: str = _opt("latest", "records go to OUT_DIR/EXPERIMENT_NAME/records.jsonl", required=True)
+    out_dir: str = _opt("runs", "the folder of experiment folders")
+    model: str | None = _opt(None, "model dir (local engine) or served model id (--tts_service_url)", flag="model_name")
+    problems: list[str] | None = _opt(None, "only these problems (repeatable); default: every problem found",
+                                      flag="problem", action="append")
+    problems_dir: str | None = _opt(None, "a directory of KernelBench problems (default: the bundled set)", flag="problems")
+    level: int | None = _opt(None, "KernelBench level (1, 2, 3) in --problems", type=int)
+    num_samples: int = _opt(1, "samples per problem")
+    # test-time scaling (the seed's names; the flags are the service's tts_* request fields)
+    strategy: str = _tts("strategy", "search strategy", choices=STRATEGIES)
+    scorer: str = _tts("scorer", "uncertainty scorer", choices=SCORERS)
+    num_trajectories: int = _tts("num_trajectories", "offline_bon: N")
+    candidates_per_step: int = _tts("candidates_per_step", "online_bon / beam_search / dvts: candidates per step")
+    beam_size: int = _tts("beam_size", "beam_search: beams kept; dvts: independent subtrees")
+    max_steps: int = _tts("max_steps", "steps per answer")
+    score_aggregation: str = _tts("score_aggregation", "how step scores make an answer's score", choices=AGGREGATIONS)
+    window_size: int | None = _tts("window_size", "aggregate over the last W step scores", type=int)
+    temperature: float = _tts("temperature", "sampling temperature")
+    top_p: float = _tts("top_p", "nucleus sampling")
+    top_k: int = _tts("top_k", "top-k sampling")
+    max_tokens: int = _tts("max_tokens", "tokens per trajectory")
+    seed: int = _opt(0, "each sample, round and branch samples with seed + its offset")
+    thinking: bool = _opt(False, "Qwen3's thinking mode")
     # evaluation
-    device: str = "cuda"
-    evaluate: bool = True
-    evaluate_candidates: bool = True  # correctness of every finished candidate (the plots' AUROC)
-    verifier: str = "uncertainty"  # or "execution": pick among candidates by running them
-    trials: int = 5
-    run_timeout: float = 180.0
-    compile_timeout: float = 600.0
-    harness_retries: int = 1
+    device: str = _opt("cuda", "where kernels are evaluated", choices=["cpu", "cuda"])
+    evaluate: bool = _opt(True, "build and run the kernels")
+    evaluate_candidates: bool = _opt(True, "evaluate every finished candidate, not only the chosen answer "
+                                           "(the plots' AUROC)", flag="chosen_only")
+    verifier: str = _opt("uncertainty", "pick among candidates by their score, or by running them",
+                         choices=["uncertainty", "execution"])
+    trials: int = _opt(5, "timed trials per kernel")
+    run_timeout: float = _opt(180.0, "seconds a kernel's run may take", flag="timeout")
+    compile_timeout: float = _opt(600.0, "seconds a kernel's build may take")
+    harness_retries: int = _opt(1, "retries of an evaluation the harness itself failed")
     # refinement (kaggle_kit.experiment.refine): rounds of feedback after the first
-    refine_rounds: int = 1
-    refine_width: int = 1
-    target_speedup: float = 1.0
+    refine_rounds: int = _opt(1, "rounds with execution feedback (1 = none)")
+    refine_width: int = _opt(1, "candidates refined per round")
+    target_speedup: float = _opt(1.0, "refinement stops at a correct kernel this fast")
     # how it runs (not part of the results)
-    service_url: str | None = None  # generate through the OpenAI-compatible service instead of the local engine
-    api_key: str = "dummy"
-    batch_size: int = 8  # items generated per engine call (the local engine batches them into one)
-    workers: int | None = None  # concurrent evaluations (builds); default: the CPU cores
-    deadline: str | float | None = None  # "kaggle", "2h30m" from now, an ISO time, or a Unix time
+    service_url: str | None = _opt(None, "generate through this OpenAI-compatible service", flag="tts_service_url")
+    api_key: str = field(default="dummy", repr=False)
+    batch_size: int = _opt(8, "items generated per engine call (the local engine batches them into one)")
+    workers: int | None = _opt(None, "concurrent evaluations (default: the CPU cores)", type=int)
+    deadline: str | float | None = _opt(None, "'kaggle' (session start + 12 h), a duration like 2h30m, or an ISO time")
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -100,6 +124,32 @@ class ExperimentConfig:
         if bad:
             raise ConfigError(f"unknown experiment setting(s) {bad}; known: {', '.join(sorted(known))}")
         return cls(**kwargs)
+
+
+def add_arguments(parser) -> None:
+    """`kernels-eval run`'s flags: one per ExperimentConfig field that has one, its default the field's."""
+    for f in fields(ExperimentConfig):
+        if "help" not in f.metadata:
+            continue
+        meta = dict(f.metadata)
+        flag, help = meta.pop("flag"), meta.pop("help")
+        name = flag or f.name
+        default = f.default if f.default is not MISSING else None
+        if f.type in ("bool", bool):  # a switch away from the default: --name, or --no_name (or its own flag)
+            if default:
+                name = flag or f"no_{f.name}"
+            parser.add_argument(f"--{name}", dest=f.name, action="store_false" if default else "store_true", help=help)
+            continue
+        if "type" not in meta and "action" not in meta and default is not None:
+            meta["type"] = type(default)
+        if meta.pop("required", False):
+            meta["required"] = True
+        shown = f"{help} (default: {default})" if default is not None else help
+        parser.add_argument(f"--{name}", dest=f.name, default=default, help=shown, **meta)
+
+
+def from_arguments(args) -> "ExperimentConfig":
+    return ExperimentConfig(**{f.name: getattr(args, f.name) for f in fields(ExperimentConfig) if hasattr(args, f.name)})
 
 
 def shard_of(names: list[str], index: int, count: int) -> list[str]:

@@ -75,15 +75,14 @@ def generate_remote(cfg: ExperimentConfig, jobs: list[Job]) -> list[GeneratedRec
     """Through the service: the requests go out together, so its worker batches them."""
     from openai import OpenAI
 
+    from kaggle_kit.tts.params import TTSParams
+
+    params = TTSParams.of(**cfg.tts_params())  # checked here, not by a 400 for every item
     client = OpenAI(base_url=cfg.service_url, api_key=cfg.api_key, timeout=3600, max_retries=2)
     model = cfg.model or client.models.list().data[0].id
 
     def one(job: Job) -> GeneratedRecord:
-        extra = {"tts_strategy": cfg.strategy, "tts_scorer": cfg.scorer, "tts_num_trajectories": cfg.num_trajectories,
-                 "tts_candidates_per_step": cfg.candidates_per_step, "tts_beam_size": cfg.beam_size,
-                 "tts_max_steps": cfg.max_steps, "tts_score_aggregation": cfg.score_aggregation, "top_k": cfg.top_k}
-        if cfg.window_size:
-            extra["tts_window_size"] = cfg.window_size
+        extra = {**params.to_wire(), "top_k": cfg.top_k}
         if cfg.thinking:
             extra["chat_template_kwargs"] = {"enable_thinking": True}
         t = time.perf_counter()

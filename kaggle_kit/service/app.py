@@ -36,7 +36,7 @@ from kaggle_kit.service.schemas import (Adjustment, ChatCompletion, ChatCompleti
                                         ChunkChoice, ChunkDelta, ModelCard, ModelList, ResponseMessage, TTSMetadata,
                                         Usage, wire)
 from kaggle_kit.service.worker import Busy, EngineWorker, Event, Job
-from kaggle_kit.tts.params import TTSParams
+from kaggle_kit.tts.params import WIRE_FIELDS, TTSParams, wire_name
 from kaggle_kit.tts.results import CompletionReason, StrategyResult
 from kaggle_kit.tts.search import Search
 
@@ -232,11 +232,8 @@ def _check_context(prompt_len: int, requested: int | None, window: int, clamp: b
 
 
 def _param_of(message: str) -> str | None:
-    for word in ("strategy", "scorer", "score_aggregation", "num_trajectories", "candidates_per_step",
-                 "beam_size", "max_steps", "window_size"):
-        if word in message:
-            return "tts_" + word
-    return None
+    """The request field a TTSParams error is about."""
+    return next((wire_name(f) for f in WIRE_FIELDS if f in message), None)
 
 
 def _finish_reason(result: StrategyResult) -> str:

@@ -5,9 +5,12 @@ believes an option it sent was honoured.
 """
 from __future__ import annotations
 
+import typing
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from kaggle_kit.tts.params import WIRE_FIELDS, TTSParams, wire_name
 
 
 class TextPart(BaseModel):
@@ -39,7 +42,7 @@ class ChatTemplateKwargs(BaseModel):
     enable_thinking: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class _ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
@@ -56,15 +59,7 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=1, description="one choice per request; use tts_strategy for best-of-N")
     user: str | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
-    # test-time scaling
-    tts_strategy: str | None = None
-    tts_scorer: str | None = None
-    tts_num_trajectories: int | None = None
-    tts_candidates_per_step: int | None = None
-    tts_beam_size: int | None = None
-    tts_max_steps: int | None = None
-    tts_score_aggregation: str | None = None
-    tts_window_size: int | None = None
+    # test-time scaling: the tts_* fields, added below from TTSParams (WIRE_FIELDS)
 
     @field_validator("stop")
     @classmethod
@@ -93,6 +88,15 @@ class ChatCompletionRequest(BaseModel):
             out["stop"] = tuple(self.stop)
         out["enable_thinking"] = self.enable_thinking
         return out
+
+
+def _tts_fields() -> dict:
+    """tts_<name>: (its TTSParams type, or None) for every field a request may set."""
+    hints = typing.get_type_hints(TTSParams)
+    return {wire_name(f): (hints[f] | None, None) for f in WIRE_FIELDS}
+
+
+ChatCompletionRequest = create_model("ChatCompletionRequest", __base__=_ChatCompletionRequest, **_tts_fields())
 
 
 # -- responses (typed; `wire()` turns them into the JSON clients get) ----------------------------

@@ -32,6 +32,17 @@ def sequences_in_flight(p) -> int:
     return SHAPES[p.strategy].in_flight(p)
 
 
+# The tts_* request fields: these TTSParams fields, each on the wire as "tts_" + its name (the
+# service's request, a remote run's extra_body, `kernels-eval run`'s flags). Sampling fields travel
+# under OpenAI's own names (temperature, top_p, max_tokens, seed).
+WIRE_FIELDS = ("strategy", "scorer", "num_trajectories", "candidates_per_step", "beam_size", "max_steps",
+               "score_aggregation", "window_size")
+
+
+def wire_name(name: str) -> str:
+    return "tts_" + name
+
+
 # Step boundaries. A blank line separates paragraphs and code blocks; min_step_tokens
 # stops a run of short lines (a CUDA kernel's `}` lines, a list) from becoming
 # dozens of two-token steps, and max_step_tokens bounds a step with no blank line.
@@ -100,3 +111,7 @@ class TTSParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The tts_* fields a request carries for these parameters (unset ones left out)."""
+        return {wire_name(f): getattr(self, f) for f in WIRE_FIELDS if getattr(self, f) is not None}
