@@ -14,8 +14,8 @@ from kernels_eval.problems import load_problems, reference_solution
 from kernels_eval.records import RecordStore
 
 from kaggle_kit.config import ConfigError
-from kaggle_kit.experiment import ExperimentConfig, load_rounds, load_tables, write_tables
-from kaggle_kit.experiment.refine import ATTEMPTS, open_attempts, refine
+from kaggle_kit.experiment import ExperimentConfig, load_rounds, load_tables, run, write_tables
+from kaggle_kit.experiment.refine import ATTEMPTS, open_attempts
 from scripted_engine import FeedbackEngine
 
 RELU = load_problems(names=["relu"])[0]
@@ -40,7 +40,7 @@ def config(tmp_path, **kw):
 def test_refinement_reaches_a_correct_kernel_in_the_expected_round(tmp_path):
     cfg = config(tmp_path)
     engine = FeedbackEngine(ANSWERS)
-    out = refine(cfg, engine=engine, progress=False, log=lambda m: None)
+    out = run(cfg, engine=engine, progress=False, log=lambda m: None)
     gen, ev = RecordStore(cfg.folder / "records.jsonl").latest()
     by_round = {g.round: ev[k].result.status.value for k, g in gen.items()}
     assert by_round == {1: "no_code", 2: "compile_error", 3: "incorrect", 4: "correct"}  # stops: solved
@@ -85,9 +85,9 @@ def test_refinement_resumes_after_kill_9_mid_round(tmp_path):
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from scripted_engine import FeedbackEngine
         from test_refine import ANSWERS, config
-        from kaggle_kit.experiment.refine import refine
+        from kaggle_kit.experiment import run
         from pathlib import Path
-        refine(config(Path({str(tmp_path)!r})), engine=FeedbackEngine(ANSWERS, delay=1.5), progress=False)
+        run(config(Path({str(tmp_path)!r})), engine=FeedbackEngine(ANSWERS, delay=1.5), progress=False)
     """)
     path = tmp_path / "r" / "records.jsonl"
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
@@ -102,7 +102,7 @@ def test_refinement_resumes_after_kill_9_mid_round(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = path.read_bytes()
-    refine(config(tmp_path), engine=FeedbackEngine(ANSWERS), progress=False, log=lambda m: None)
+    run(config(tmp_path), engine=FeedbackEngine(ANSWERS), progress=False, log=lambda m: None)
     assert path.read_bytes().startswith(before)
     keys = [r.key for r in RecordStore(path) if r.kind == "generated"]
     assert len(keys) == len(set(keys)) == 4
@@ -118,7 +118,7 @@ def test_two_rounds_end_to_end_on_vllm(registered, tiny_model_dir, tmp_path):
     cfg = ExperimentConfig(experiment_name="e2e", out_dir=str(tmp_path), model=tiny_model_dir, device="cpu",
                            problems=["relu", "row_sum"], num_samples=2, strategy="offline_bon", num_trajectories=2,
                            max_tokens=96, trials=2, refine_rounds=2, refine_width=2, batch_size=2)
-    out = refine(cfg, progress=False, log=lambda m: None)
+    out = run(cfg, progress=False, log=lambda m: None)
     gen, ev = RecordStore(cfg.folder / "records.jsonl").latest()
     assert {g.round for g in gen.values()} == {1, 2} and set(ev) == set(gen) and not out.stopped_early
     second = [g for g in gen.values() if g.round == 2]

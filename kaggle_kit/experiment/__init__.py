@@ -16,7 +16,8 @@ import pandas as pd
 
 from kaggle_kit.experiment import merge
 from kaggle_kit.experiment.config import ExperimentConfig
-from kaggle_kit.experiment.runner import RunOutcome, run
+from kaggle_kit.experiment.driver import run
+from kaggle_kit.experiment.runner import RunOutcome
 from kaggle_kit.experiment.views import Tables, load_rounds, load_run, load_tables, method_label, write_tables
 
 Experiment = Tables  # the notebook's name for the tables of a run

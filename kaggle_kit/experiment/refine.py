@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
-
 import pandas as pd
 
 from kernels_eval.feedback import feedback
@@ -32,7 +30,7 @@ from kernels_eval.records import EvaluatedRecord, Evaluation, GeneratedRecord
 
 from kaggle_kit.experiment.config import ExperimentConfig
 from kaggle_kit.experiment.generate import Job
-from kaggle_kit.experiment.runner import RunOutcome, Runner, _stderr, initial_jobs, run_round, score_key
+from kaggle_kit.experiment.runner import Runner, score_key
 
 ATTEMPTS = "attempts.sqlite"
 
@@ -74,33 +72,10 @@ def next_jobs(cfg: ExperimentConfig, runner: Runner, items: list[tuple[Generated
     return jobs
 
 
-def refine(cfg: ExperimentConfig, engine=None, progress: bool | None = None,
-           log: Callable[[str], None] = _stderr, **runner_options) -> RunOutcome:
-    """Run (or resume) `cfg.refine_rounds` rounds of generation, evaluation and feedback."""
-    runner = Runner(cfg, engine, progress, log, **runner_options)
-    store = open_attempts(cfg.folder)
-    try:
-        for round_ in range(1, cfg.refine_rounds + 1):
-            if round_ == 1:
-                jobs = initial_jobs(cfg, runner.problems)
-            else:
-                gen, ev = runner.store.latest()
-                prev = [(g, ev[k]) for k, g in gen.items() if g.round == round_ - 1 and k in ev and ev[k].complete]
-                jobs = next_jobs(cfg, runner, prev, round_)
-                if not jobs:
-                    log(f"refinement: every lineage is solved after round {round_ - 1}")
-                    break
-            run_round(runner, jobs, round_)
-            runner.drain()  # the next round needs this round's feedback
-            write_attempts(store, cfg, *runner.store.latest())
-            if runner.outcome.stopped_early:
-                break
-    finally:
-        runner.close()
-        store.close()
-    for m in runner.outcome.messages:
-        log(m)
-    return runner.outcome
+def previous_round(runner: Runner, round_: int) -> list[tuple[GeneratedRecord, EvaluatedRecord]]:
+    """The evaluated items of round `round_ - 1`: what round `round_` refines."""
+    gen, ev = runner.store.latest()
+    return [(g, ev[k]) for k, g in gen.items() if g.round == round_ - 1 and k in ev and ev[k].complete]
 
 
 # -- the attempt tree ----------------------------------------------------------------------------

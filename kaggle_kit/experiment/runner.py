@@ -328,22 +328,3 @@ def run_round(runner: Runner, jobs: list[Job], round_: int = 1) -> None:
         if runner.pool.deferred >= SLEEP_BATCH:  # enough waiting to be worth a sleep now; the rest at drain
             runner.run_asleep()
     bar.close()
-
-
-def run(cfg: ExperimentConfig, engine=None, progress: bool | None = None,
-        log: Callable[[str], None] = _stderr, **runner_options) -> RunOutcome:
-    """Run (or resume) the experiment `cfg` describes; returns what this run did. With
-    cfg.refine_rounds > 1 this is the refinement loop (`kaggle_kit.experiment.refine`)."""
-    if cfg.refine_rounds > 1:
-        from kaggle_kit.experiment.refine import refine
-
-        return refine(cfg, engine, progress, log, **runner_options)
-    runner = Runner(cfg, engine, progress, log, **runner_options)
-    try:
-        run_round(runner, initial_jobs(cfg, runner.problems))
-        runner.drain()
-    finally:
-        runner.close()
-    for m in runner.outcome.messages:
-        log(m)
-    return runner.outcome
