@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Settings": "kaggle_kit.config",
     "ConfigError": "kaggle_kit.config",
+    "KaggleKitError": "kaggle_kit.config",
     "load_model": "kaggle_kit.engine.loader",
     "find_model_path": "kaggle_kit.engine.loader",
     "plan_load": "kaggle_kit.engine.loader",

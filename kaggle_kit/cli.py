@@ -351,11 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from kaggle_kit.config import ConfigError
+    from kaggle_kit.config import KaggleKitError
 
     try:
         return args.func(args)
-    except (ConfigError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:  # WheelsError, DoctorError too
+    except (KaggleKitError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         print(f"kaggle-kit: error: {e}", file=sys.stderr)
         return 2
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 BACKEND_NAMES = ("vllm", "openai", "ollama", "groq", "echo")
 DEFAULT_CHAIN = ("vllm", "ollama", "groq", "echo")
 
 
-class ConfigError(ValueError):
+class KaggleKitError(Exception):
+    """The root of kaggle_kit's own errors: `except kk.KaggleKitError` catches every one of them."""
+
+
+class ConfigError(KaggleKitError, ValueError):
     """A setting that cannot work; the message says what to change."""
 
 
@@ -83,12 +88,10 @@ class Settings:
         return cls(**env)
 
 
-def attached_inputs(name: str, inputs_dir: str | os.PathLike | None = None) -> list["Path"]:
+def attached_inputs(name: str, inputs_dir: str | os.PathLike | None = None) -> list[Path]:
     """Folders called `name` among a Kaggle session's inputs: /kaggle/input/<name>, or one or two levels
     deeper (a notebook's output attached as an input is mounted under its slug, sometimes below its
     owner's name; which one Kaggle uses is not documented, so every depth is looked at)."""
-    from pathlib import Path
-
     root = Path(inputs_dir or Settings.from_env().kaggle_input_dir)
     if not root.is_dir():
         return []

@@ -81,3 +81,17 @@ def test_no_package_imports_one_that_imports_it_back():
     assert not loops, loops
     root_modules = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "kaggle_kit").glob("*.py"))
     assert root_modules == ["__init__.py", "__main__.py", "cli.py", "config.py"]
+
+
+def test_every_error_of_ours_has_one_root():
+    import kaggle_kit as kk
+    from kaggle_kit.chat.types import AllBackendsFailed, BackendError
+    from kaggle_kit.engine.registry import NoModelError
+    from kaggle_kit.tiny.tokenizer import TokenizerUnavailable
+    from kaggle_kit.workflow.doctor import DoctorError
+    from kaggle_kit.workflow.wheels import WheelsError
+
+    for cls in (kk.ConfigError, NoModelError, BackendError, AllBackendsFailed, WheelsError, DoctorError,
+                TokenizerUnavailable):
+        assert issubclass(cls, kk.KaggleKitError), cls
+    assert issubclass(kk.ConfigError, ValueError)  # callers that catch the builtin base keep working

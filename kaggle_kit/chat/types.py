@@ -1,11 +1,13 @@
 """Typed chat options and results shared by every backend."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+from kaggle_kit.config import KaggleKitError
 
 
-class BackendError(RuntimeError):
+class BackendError(KaggleKitError, RuntimeError):
     """A backend could not answer (unreachable, HTTP error, no engine...)."""
 
     def __init__(self, backend: str, message: str):
@@ -13,7 +15,7 @@ class BackendError(RuntimeError):
         self.backend = backend
 
 
-class AllBackendsFailed(RuntimeError):
+class AllBackendsFailed(KaggleKitError, RuntimeError):
     def __init__(self, failures: list[tuple[str, str]]):
         detail = "; ".join(f"{name}: {why}" for name, why in failures) or "no backend configured"
         super().__init__(f"no chat backend could answer ({detail})")
@@ -85,7 +87,6 @@ class ChatStream:
     complete: bool = False
     completion_tokens: int | None = None
     prompt_tokens: int | None = None
-    _on_done: list[Callable[["ChatStream"], None]] = field(default_factory=list, repr=False)
 
     def __iter__(self) -> Iterator[str]:
         for piece in self.pieces:

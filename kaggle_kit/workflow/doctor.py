@@ -21,7 +21,7 @@ from typing import Any
 
 from kernels_eval.evaluate import cpu_count
 
-from kaggle_kit.config import Settings
+from kaggle_kit.config import KaggleKitError, Settings
 from kaggle_kit.engine import compile_cache, emulate, nvsmi
 from kaggle_kit.engine.loader import awq_kernel
 from kaggle_kit.engine.memory import DTYPE_BYTES, GIB, MIB, ModelShape, plan_memory, weights_on_disk
@@ -104,7 +104,7 @@ class Report:
         return "\n".join(lines + [f"doctor: {verdict}"])
 
 
-class DoctorError(RuntimeError):
+class DoctorError(KaggleKitError, RuntimeError):
     """Raised by `check()` in a notebook when a check fails: the message carries the fixes."""
 
 

@@ -29,6 +29,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from kaggle_kit.config import KaggleKitError
+
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_FILE = Path(__file__).with_name("kaggle_image.txt")
 KAGGLE_PYTHON = "3.12"
@@ -37,7 +39,7 @@ KAGGLE_PLATFORMS = tuple([f"manylinux_2_{i}_x86_64" for i in range(35, 4, -1)]
                          + ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"])
 
 
-class WheelsError(RuntimeError):
+class WheelsError(KaggleKitError, RuntimeError):
     """The folder could not be built, or does not resolve offline."""
 
 
