@@ -404,3 +404,20 @@ def test_cli_serve(tiny_model_dir):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_strategy_routes_as_llm_tts_service_has_them(server, model_id):
+    """/v1/{strategy}/chat/completions and /v1/{strategy}/{scorer}/chat/completions, for clients that
+    cannot send extra body fields: a stock OpenAI client pointed at the route runs that strategy."""
+    before = _count(server, "beam_search")
+    routed = OpenAI(base_url=f"{server.url}/beam_search/perplexity", api_key="dummy", max_retries=0, timeout=300)
+    r = routed.chat.completions.create(model=model_id, messages=PROMPT, max_tokens=24, seed=1,
+                                       extra_body={"tts_beam_size": 2, "tts_candidates_per_step": 2, "tts_max_steps": 3})
+    meta = r.model_dump()["tts_metadata"]
+    assert meta["strategy"] == "beam_search" and meta["scorer"] == "perplexity"
+    assert _count(server, "beam_search") == before + 1
+    bad = httpx.post(f"{server.url}/greedy/chat/completions", json={"model": model_id, "messages": PROMPT}, timeout=30)
+    assert bad.status_code == 404 and "offline_bon, online_bon, beam_search" in bad.json()["error"]["message"]
+    clash = httpx.post(f"{server.url}/online_bon/chat/completions", timeout=30,
+                       json={"model": model_id, "messages": PROMPT, "tts_strategy": "offline_bon"})
+    assert clash.status_code == 400 and clash.json()["error"]["param"] == "tts_strategy"

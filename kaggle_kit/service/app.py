@@ -36,7 +36,8 @@ from kaggle_kit.service.schemas import (Adjustment, ChatCompletion, ChatCompleti
                                         ChunkChoice, ChunkDelta, ModelCard, ModelList, ResponseMessage, TTSMetadata,
                                         Usage, wire)
 from kaggle_kit.service.worker import Busy, EngineWorker, Event, Job
-from kaggle_kit.tts.params import WIRE_FIELDS, TTSParams, wire_name
+from kaggle_kit.tts.params import STRATEGIES, WIRE_FIELDS, TTSParams, wire_name
+from kaggle_kit.tts.scorers import SCORERS
 from kaggle_kit.tts.results import CompletionReason, StrategyResult
 from kaggle_kit.tts.search import Search
 
@@ -162,6 +163,17 @@ def create_app(engine_provider: Callable | None = None, api_key: str | None = No
             state.metrics.latency.labels(strategy).observe(time.perf_counter() - started)
         return response
 
+    # llm-tts-service's routes: the strategy (and scorer) in the path, for clients that cannot send
+    # extra body fields; the path's choice is the request's tts_strategy (and tts_scorer).
+    @app.post("/v1/{strategy}/chat/completions", dependencies=[Depends(auth)])
+    async def strategy_chat_completions(strategy: str, body: ChatCompletionRequest, request: Request):
+        return await chat_completions(_routed(body, strategy, None), request)
+
+    @app.post("/v1/{strategy}/{scorer}/chat/completions", dependencies=[Depends(auth)])
+    async def strategy_scorer_chat_completions(strategy: str, scorer: str, body: ChatCompletionRequest,
+                                               request: Request):
+        return await chat_completions(_routed(body, strategy, scorer), request)
+
     async def _chat(body: ChatCompletionRequest, request: Request):
         engine = state.engine()
         name = state.model_name(engine)
@@ -213,6 +225,22 @@ def create_app(engine_provider: Callable | None = None, api_key: str | None = No
         return await _complete(job, state.worker, meta, len(ids), request, adjustments, headers)
 
     return app
+
+
+def _routed(body: ChatCompletionRequest, strategy: str, scorer: str | None) -> ChatCompletionRequest:
+    """The request a /v1/{strategy}[/{scorer}]/chat/completions route stands for."""
+    if strategy not in STRATEGIES:
+        raise ApiError(404, f"no route for strategy {strategy!r}; the routes are /v1/{{strategy}}/chat/completions "
+                            f"with strategy one of {', '.join(STRATEGIES)}", type="not_found_error", code="unknown_route")
+    if scorer is not None and scorer not in SCORERS:
+        raise ApiError(404, f"no route for scorer {scorer!r}; choose from {', '.join(SCORERS)}",
+                       type="not_found_error", code="unknown_route")
+    for field, routed in (("tts_strategy", strategy), ("tts_scorer", scorer)):
+        sent = getattr(body, field)
+        if routed is not None and sent is not None and sent != routed:
+            raise ApiError(400, f"{field}={sent!r} contradicts the route's {routed!r}: send one or the other",
+                           param=field)
+    return body.model_copy(update={"tts_strategy": strategy, "tts_scorer": scorer or body.tts_scorer})
 
 
 def _check_context(prompt_len: int, requested: int | None, window: int, clamp: bool) -> int:
