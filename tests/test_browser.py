@@ -89,18 +89,34 @@ def test_open_an_attempt_branch_from_its_feedback_and_send_a_hint(voila, tmp_pat
             page.goto(url, timeout=120_000)
             page.wait_for_selector("select", timeout=120_000)  # the widget rendered, its kernel connected
             options = page.eval_on_selector("select", "s => Array.from(s.options).map(o => o.text.replace(/\\s+/g, ' ').trim())")
-            assert options == ["demo · 01_relu (1)", "└ sample 0 · round 1 · candidate 0 · compile_error (2)",
-                               "└ sample 0 · round 2 · candidate 0 · correct 1.21x (2)",
-                               "└ sample 0 · round 1 · candidate 1 · no_code (2)"]
+            assert options == ["demo · 01_relu (1)", "└ sample 0 · candidate 0 · compile_error (2)",
+                               "└ round 2 · candidate 0 · correct 1.21x (2)",
+                               "└ sample 0 · candidate 1 · no_code (2)"]
+
+            page.select_option("select", index=2)  # the refinement: its code, and what it changed
+            page.locator("details.kk-diff").wait_for(timeout=30_000)
+            crumb = page.locator("h4").first.inner_text()
+            assert crumb == "demo · 01_relu › sample 0 · candidate 0 · compile_error › round 2 · candidate 0 · correct 1.21x"
+            page.locator("details.kk-diff summary").click()
+            diff = page.locator("details.kk-diff pre").inner_text()
+            assert "-return x }" in diff and "+fixed" in diff
 
             page.select_option("select", index=1)  # open the failed attempt: why did it fail?
             page.get_by_text("did not compile").wait_for(timeout=30_000)
             assert page.get_by_text('error: expected a ";"').count() == 1
             assert page.locator(".kk-badge", has_text="compile_error").count() == 2  # on the answer and the feedback
+            code = page.locator("pre.kk-code").first  # the answer's fence: a monospace block, highlighted
+            assert "```" not in code.inner_text() and code.inner_text().strip() == "return x }"
+            assert "monospace" in code.evaluate("e => getComputedStyle(e).fontFamily")
+            assert page.locator("pre.kk-code .kk-kw", has_text="return").count() == 1
+            assert page.locator("details.kk-diff").count() == 0  # a first attempt answers no earlier one
             page.screenshot(path=str(shots[0]), full_page=True)
 
             page.get_by_role("button", name="branch here").last.click()  # branch from the feedback
             page.wait_for_function("() => document.querySelectorAll('select option').length == 5", timeout=30_000)
+            page.wait_for_function("() => document.querySelector('h4').innerText.includes('branch at #')", timeout=30_000)
+            crumb = page.locator("h4").first.inner_text()  # the parent's label once, then the branch's own
+            assert crumb.count("compile_error") == 1 and crumb.startswith("demo · 01_relu › sample 0 · candidate 0")
             page.fill("textarea", "Hint: put a semicolon after return x.")
             page.get_by_role("button", name="Send").click()
             page.get_by_text("Echo: Hint: put a semicolon after return x.").wait_for(timeout=30_000)

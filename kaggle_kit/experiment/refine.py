@@ -87,9 +87,11 @@ def open_attempts(folder: str | Path):
 
 
 def _label(g: GeneratedRecord, index: int, e: Evaluation) -> str:
+    """Short: the breadcrumb shows the path, so a refinement does not repeat its sample (its parent has it)."""
     r = e.result
     speed = f" {r.speedup:.2f}x" if r.correct and r.speedup else ""
-    return f"sample {g.sample} · round {g.round} · candidate {index} · {r.status.value}{speed}"
+    where = f"sample {g.sample}" if g.round == 1 else f"round {g.round}"
+    return f"{where} · candidate {index} · {r.status.value}{speed}"
 
 
 def write_attempts(store, cfg: ExperimentConfig, gen: dict[str, GeneratedRecord], ev: dict[str, EvaluatedRecord]) -> int:

@@ -12,6 +12,8 @@ import html
 
 import ipywidgets as w
 
+from kaggle_kit.subchat import render
+
 
 def _badge(meta: dict) -> str:
     """A refinement attempt's verdict next to its message: status, speedup, score."""
@@ -99,7 +101,7 @@ class SubchatWidget:
 
     def branch(self, message_id: int, title: str | None = None):
         node = self.store.get(self.node_id)
-        sub = node.branch(message_id, title or f"{node.title} › #{message_id}")
+        sub = node.branch(message_id, title or f"branch at #{message_id}")  # the breadcrumb names its parent
         self.refresh_tree()
         self.select(sub.id)
         return sub
@@ -126,9 +128,12 @@ class SubchatWidget:
         path = " › ".join(a.title for a in self.store.ancestors(node) + [node])
         self.header.value = f"<h4 style='margin:4px 0'>{html.escape(path)}</h4>"
         rows, self.branch_buttons = [], {}
+        answered = self._answered(node)
         for m in node.messages:
             note = {"error": f" ⚠ {m.error}", "incomplete": " (incomplete)"}.get(m.status, "")
-            body = html.escape(m.content).replace("\n", "<br>")
+            body = render.to_html(m.content)
+            if answered is not None and m.meta.get("kind") == "answer":  # a refinement: what it changed
+                body += render.diff_html(answered, m.content)
             info = f" <small style='color:#888'>via {m.backend}</small>" if m.backend else ""
             info += _badge(m.meta)
             label = w.HTML(f"<div><b>{m.role}</b>{info}{html.escape(note)}<br>{body}</div>", layout=w.Layout(width="85%"))
@@ -137,6 +142,14 @@ class SubchatWidget:
             self.branch_buttons[m.id] = button
             rows.append(w.HBox([label, button]))
         self.messages.children = rows
+
+    def _answered(self, node) -> str | None:
+        """For a refinement attempt, the answer of the attempt whose feedback it answers."""
+        if (node.meta or {}).get("round", 1) <= 1:
+            return None
+        parents = self.store.ancestors(node)
+        previous = [m for m in (parents[-1].messages if parents else []) if m.meta.get("kind") == "answer"]
+        return previous[-1].content if previous else None
 
     def _on_select(self, change) -> None:
         if change["new"] is not None and change["new"] != self.node_id:
