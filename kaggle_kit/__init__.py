@@ -31,10 +31,11 @@ _EXPORTS = {
     "serve": "kaggle_kit.service.server",
     "create_app": "kaggle_kit.service.app",
 }
-_SUBMODULES = ("tts", "engine", "chat", "subchat", "service", "experiment", "workflow")
+_SUBMODULES = ("tts", "engine", "chat", "subchat", "service", "experiment", "workflow", "pages")
 # Short names notebooks use for the workflow modules (`kk.notebook.setup_model(...)`).
 _ALIASES = {"pipeline": "kaggle_kit.experiment", "plots": "kaggle_kit.experiment.plots", "notebook": "kaggle_kit.workflow.cells", "runs": "kaggle_kit.workflow.notebooks",
-            "kaggle": "kaggle_kit.workflow.kaggle", "doctor": "kaggle_kit.workflow.doctor"}
+            "kaggle": "kaggle_kit.workflow.kaggle", "doctor": "kaggle_kit.workflow.doctor",
+            "step_tree": "kaggle_kit.pages.step_tree"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -136,3 +136,43 @@ def test_open_an_attempt_branch_from_its_feedback_and_send_a_hint(voila, tmp_pat
         if os.environ.get("KK_SCREENSHOT_DIR"):
             Path(os.environ["KK_SCREENSHOT_DIR"]).mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, Path(os.environ["KK_SCREENSHOT_DIR"]) / shot.name)
+
+
+@pytest.mark.vllm
+def test_the_step_tree_of_a_served_tts_request_in_the_browser(registered, tmp_path):
+    """A beam search answered by the service, opened as its step tree (GET /v1/tts/{request_id}/tree):
+    the chosen path is the answer's steps, the rest expanded, finished or pruned, each with its score."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    import kaggle_kit as kk
+
+    srv = kk.serve(port=0)
+    try:
+        from kernels_eval.problems import load_problems
+        from kernels_eval.prompts import build_messages
+
+        prompt = build_messages(load_problems(names=["row_sum"])[0], "cpu")  # where the tiny model branches
+        r = httpx.post(f"{srv.url}/chat/completions", timeout=300, json={
+            "model": "tiny", "messages": prompt, "max_tokens": 300, "seed": 3, "temperature": 1.0,
+            "tts_strategy": "beam_search", "tts_beam_size": 2, "tts_candidates_per_step": 4, "tts_max_steps": 6})
+        assert r.status_code == 200, r.text
+        rid, chosen_steps = r.headers["X-Request-Id"], r.json()["tts_metadata"]["steps"]
+        assert httpx.get(f"{srv.url}/tts/nope/tree", timeout=30).status_code == 404
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1300, "height": 1000})
+                page.goto(f"{srv.url}/tts/{rid}/tree", timeout=60_000)
+                page.wait_for_selector(".kk-step-tree")
+                fates = page.eval_on_selector_all("li.kk-step", "ls => ls.map(l => l.className.split(' ')[1])")
+                assert fates.count("kk-chosen") == len(chosen_steps) >= 1
+                assert "kk-pruned" in fates and "kk-expanded" in fates  # beam search kept some steps, not all
+                chosen = page.locator("li.kk-chosen > details > pre")
+                assert chosen.first.is_visible() and chosen.first.inner_text().strip() == chosen_steps[0]["text"].strip()
+                assert "beam_search" in page.locator("h3").inner_text()
+                page.screenshot(path=str(tmp_path / "tree.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        srv.stop()
+    if os.environ.get("KK_SCREENSHOT_DIR"):
+        shutil.copy(tmp_path / "tree.png", Path(os.environ["KK_SCREENSHOT_DIR"]) / "tree.png")

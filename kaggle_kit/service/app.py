@@ -21,10 +21,11 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from typing import Callable
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from kaggle_kit.chat.messages import prompt_ids, split_thinking, validate_messages
 from kaggle_kit.engine.types import SamplingSpec
@@ -42,6 +43,7 @@ from kaggle_kit.tts.results import CompletionReason, StrategyResult
 from kaggle_kit.tts.search import Search
 
 log = logging.getLogger(__name__)
+KEPT_TREES = 256  # TTS results kept for GET /v1/tts/{request_id}/tree
 
 
 def _registered_engine():
@@ -64,6 +66,13 @@ class ServiceState:
         self.metrics = ServiceMetrics()
         self.worker: EngineWorker | None = None
         self.limits: limits_mod.Limits | None = None
+        self.trees: OrderedDict[str, StrategyResult] = OrderedDict()  # the last TTS results, for their tree page
+
+    def keep(self, request_id: str, done) -> None:
+        if isinstance(done, StrategyResult):
+            self.trees[request_id] = done
+            while len(self.trees) > KEPT_TREES:
+                self.trees.popitem(last=False)
 
     def engine(self):
         engine = self.engine_provider()
@@ -149,6 +158,18 @@ def create_app(engine_provider: Callable | None = None, api_key: str | None = No
                          kv_cache_tokens=getattr(engine, "kv_cache_tokens", None))
         return wire(ModelList(data=[card]))
 
+    @app.get("/v1/tts/{request_id}/tree", dependencies=[Depends(auth)])
+    def step_tree(request_id: str):
+        """The step tree of a TTS request this server answered (X-Request-Id), as a page."""
+        from kaggle_kit.pages import step_tree as view
+
+        result = state.trees.get(request_id)
+        if result is None:
+            raise ApiError(404, f"no TTS result for request {request_id!r} here: the server keeps the last "
+                                f"{KEPT_TREES} (plain requests have no tree)", type="not_found_error",
+                           code="unknown_request")
+        return HTMLResponse(view.page(result, f"{result.strategy}/{result.scorer} · {request_id}"))
+
     @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         started = time.perf_counter()
@@ -222,7 +243,7 @@ def create_app(engine_provider: Callable | None = None, api_key: str | None = No
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_sse(job, state, meta, len(ids), include_usage, adjustments),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
-        return await _complete(job, state.worker, meta, len(ids), request, adjustments, headers)
+        return await _complete(job, state, meta, len(ids), request, adjustments, headers)
 
     return app
 
@@ -303,8 +324,9 @@ async def _next(job: Job, request: Request | None) -> Event:
                 raise asyncio.CancelledError()
 
 
-async def _complete(job: Job, worker: EngineWorker, meta: dict, prompt_tokens: int, request: Request,
+async def _complete(job: Job, state: ServiceState, meta: dict, prompt_tokens: int, request: Request,
                     adjustments: list[Adjustment], headers: dict):
+    worker = state.worker
     try:
         while True:
             ev = await _next(job, request)
@@ -316,6 +338,7 @@ async def _complete(job: Job, worker: EngineWorker, meta: dict, prompt_tokens: i
         worker.cancel(job)
         raise
     done = ev.payload
+    state.keep(job.id, done)
     message, finish, tts = _payload(done, adjustments)
     body = ChatCompletion(**meta, choices=[Choice(message=message, finish_reason=finish)],
                           usage=Usage.of(prompt_tokens, _completion_tokens(done)), tts_metadata=tts,
@@ -357,6 +380,7 @@ async def _sse(job: Job, state: ServiceState, meta: dict, prompt_tokens: int, in
             else:
                 finished = True
                 done = ev.payload
+                state.keep(job.id, done)
                 message, finish, tts = _payload(done, adjustments)
                 delta = ChunkDelta(reasoning_content=message.reasoning_content)
                 yield _event(ChatCompletionChunk(**meta, choices=[ChunkChoice(delta=delta, finish_reason=finish)],

@@ -12,7 +12,7 @@ import html
 
 import ipywidgets as w
 
-from kaggle_kit.subchat import render
+from kaggle_kit.pages import markdown as render
 
 
 def _badge(meta: dict) -> str:

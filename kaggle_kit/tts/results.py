@@ -123,7 +123,8 @@ class StrategyResult(StepSequence):
             "params": {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()},
         }
         if include_tree:
-            out["tree"] = [step(st) | {"id": st.id, "parent": st.parent, "selected": st.selected} for st in self.tree]
+            out["tree"] = [step(st) | {"id": st.id, "parent": st.parent, "selected": st.selected,
+                                       "path_score": _num(st.path_score)} for st in self.tree]
         return out
 
     def steps_frame(self):
