@@ -12,6 +12,7 @@ import httpx
 
 from kaggle_kit.chat.messages import ThinkSplitter, prompt_ids, split_thinking, validate_messages
 from kaggle_kit.chat.types import BackendError, ChatOptions, ChatResult, ChatStream
+from kaggle_kit.config import BACKEND_NAMES, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -312,21 +313,22 @@ def _http_stream(name: str, url: str, body: dict, headers: dict, timeout: float,
         yield tail
 
 
+# One factory per name in config.BACKEND_NAMES (the one list; config stays free of this module's imports).
+_FACTORIES: dict[str, Callable[..., Backend]] = {
+    "vllm": lambda s: VLLMBackend(),
+    "echo": lambda s: EchoBackend(),
+    "ollama": lambda s: OllamaBackend(s.ollama_host, s.ollama_model, s.health_timeout_s, s.request_timeout_s),
+    "groq": lambda s: OpenAICompatBackend(s.groq_base_url, s.groq_api_key, s.groq_model, name="groq",
+                                          health_timeout_s=s.health_timeout_s, timeout_s=s.request_timeout_s,
+                                          probe=False),
+    "openai": lambda s: OpenAICompatBackend(s.openai_base_url, s.openai_api_key, s.openai_model,
+                                            health_timeout_s=s.health_timeout_s, timeout_s=s.request_timeout_s),
+}
+assert set(_FACTORIES) == set(BACKEND_NAMES), "config.BACKEND_NAMES and the factories name different backends"
+
+
 def make_backend(name: str, settings) -> Backend:
     """Backend by name, configured from a `Settings`."""
-    if name == "vllm":
-        return VLLMBackend()
-    if name == "echo":
-        return EchoBackend()
-    if name == "ollama":
-        return OllamaBackend(settings.ollama_host, settings.ollama_model, settings.health_timeout_s, settings.request_timeout_s)
-    if name == "groq":
-        return OpenAICompatBackend(settings.groq_base_url, settings.groq_api_key, settings.groq_model, name="groq",
-                                   health_timeout_s=settings.health_timeout_s, timeout_s=settings.request_timeout_s,
-                                   probe=False)
-    if name == "openai":
-        return OpenAICompatBackend(settings.openai_base_url, settings.openai_api_key, settings.openai_model,
-                                   health_timeout_s=settings.health_timeout_s, timeout_s=settings.request_timeout_s)
-    from kaggle_kit.config import BACKEND_NAMES, ConfigError
-
-    raise ConfigError(f"unknown backend {name!r}; choose from {', '.join(BACKEND_NAMES)}")
+    if name not in _FACTORIES:
+        raise ConfigError(f"unknown backend {name!r}; choose from {', '.join(BACKEND_NAMES)}")
+    return _FACTORIES[name](settings)
