@@ -33,6 +33,9 @@ from kernels_eval.problems import load_problems
 from kernels_eval.prompts import build_messages, build_refinement_messages
 
 STRATEGY_PARAMS = dict(num_trajectories=4, candidates_per_step=4, beam_size=2, max_tokens=1024, max_steps=30)
+# adaptive_bon samples whole answers in waves of candidates_per_step up to num_trajectories: waves of 2
+# give it offline best-of-4's budget at most, and a chance to stop after 2.
+PER_STRATEGY = {"adaptive_bon": {"candidates_per_step": 2}}
 
 
 def mixture(problems: list[str], samples: int) -> list[dict]:
@@ -85,8 +88,9 @@ def main() -> int:
         print(f"  {m['problem']:<11} {m['prompt']:<28} reference {m['reference']:.2f}  {m['labels']}")
 
     def config(name, **kw):
+        params = {**STRATEGY_PARAMS, **PER_STRATEGY.get(kw["strategy"], {})}
         return ExperimentConfig(experiment_name=name, out_dir=str(out), model=args.model, problems=problems,
-                                device="cpu", num_samples=args.samples, trials=3, seed=0, **STRATEGY_PARAMS, **kw)
+                                device="cpu", num_samples=args.samples, trials=3, seed=0, **params, **kw)
 
     frames = []
     for strategy in args.strategies.split(","):
@@ -130,7 +134,7 @@ def main() -> int:
             "command": "python benchmarks/selection_quality.py " + " ".join(sys.argv[1:]),
             "model": "the planted-kernels tiny model (kaggle_kit.tiny): fitted on the bundled C++ solutions and "
                      "planted faults; these numbers test the toolkit, not a model",
-            "params": STRATEGY_PARAMS, "mixture": mix, "selection": sel.to_dict(orient="records"),
+            "params": STRATEGY_PARAMS, "per_strategy": PER_STRATEGY, "mixture": mix, "selection": sel.to_dict(orient="records"),
             "rounds": rounds.to_dict(orient="records"), "wall_s": round(wall, 1)}, indent=1, default=str) + "\n")
     return 0
 

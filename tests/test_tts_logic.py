@@ -256,3 +256,21 @@ def test_dvts_keeps_one_path_per_subtree_where_beam_search_crowds():
     assert first(beam) == ["A\n\n", "A\n\n"] and first(dvts) == ["A\n\n", "B\n\n"]
     assert beam.text == dvts.text == "A\n\nx"
     assert len(eng.calls) == 2 and all(len(call) == 2 and all(r.sampling.n == 2 for r in call) for call in eng.calls)
+
+
+def test_adaptive_bon_stops_sampling_once_an_answer_is_good_enough():
+    # Waves of 2 whole answers: the first wave (seed offset 0) draws the two weak ones, the second
+    # (offset 1) reaches the strong one and stops; offline best-of-8 pays for all eight.
+    tree = {"": [step("weak", 0.5, True), step("fair", 0.6, True), step("strong", 0.97, True)]}
+    opts = dict(num_trajectories=8, candidates_per_step=2, **BASE)
+    eng = ScriptedEngine(tree)
+    adaptive = run_strategy(MSGS, engine=eng, strategy="adaptive_bon", stop_score=0.95, **opts)
+    offline = run_strategy(MSGS, engine=ScriptedEngine(tree), strategy="offline_bon", **opts)
+    assert adaptive.text == offline.text == "strong"
+    assert len(adaptive.candidates) == 4 and len(offline.candidates) == 8
+    assert [r.sampling.n for call in eng.calls for r in call] == [2, 2]
+    assert adaptive.usage.generated_tokens < offline.usage.generated_tokens
+    never = run_strategy(MSGS, engine=ScriptedEngine(tree), strategy="adaptive_bon", stop_score=1.0, **opts)
+    assert len(never.candidates) == 8 and never.text == "strong"  # the whole budget when nothing is sure
+    with pytest.raises(ValueError, match="stop_score must be in"):
+        TTSParams(stop_score=1.5)

@@ -29,7 +29,7 @@ class Recording:
 
 @pytest.mark.parametrize("strategy, scorer", [(st, sc) for st in ("offline_bon", "online_bon", "beam_search")
                                                for sc in ("entropy", "perplexity", "sequence_prob", "confidence")]
-                         + [("dvts", "entropy")])
+                         + [("dvts", "entropy"), ("adaptive_bon", "perplexity")])
 def test_strategy_end_to_end(registered, strategy, scorer):
     rec = Recording(registered)
     res = kk.run_strategy(MSGS, engine=rec, strategy=strategy, scorer=scorer, **SMALL)
@@ -51,6 +51,12 @@ def test_strategy_end_to_end(registered, strategy, scorer):
 
     if strategy == "offline_bon":
         assert u.engine_calls == 1 and rec.calls[0][0][0].sampling.n == 4
+        return
+    if strategy == "adaptive_bon":  # waves of whole answers (3, then the 1 left of 4) until one scores 0.95
+        waves = [r.sampling.n for call in rec.calls for r, _ in call]
+        assert waves == [3, 1][: len(waves)] and sum(waves) == len(res.candidates)
+        first = max(c.aggregated_score for c in res.candidates[:3])
+        assert (first >= 0.95) == (len(waves) == 1)  # a second wave only when the first was not sure enough
         return
     # one call per step (+1 final continuation); next-step prompts are prompt ids + chosen steps' ids
     depth = max(s.depth for s in res.tree) + 1

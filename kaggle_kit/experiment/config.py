@@ -15,7 +15,7 @@ from kaggle_kit.tts.scorers import SCORERS
 # (Problems and samples may grow: items are keyed by them. Whether to evaluate, and
 # workers, batch size, deadline and the like change how much or how fast, not what.)
 RESULT_FIELDS = ("strategy", "scorer", "num_trajectories", "candidates_per_step", "beam_size", "max_steps",
-                 "score_aggregation", "window_size", "temperature", "top_p", "top_k", "max_tokens", "seed", "thinking",
+                 "score_aggregation", "window_size", "stop_score", "temperature", "top_p", "top_k", "max_tokens", "seed", "thinking",
                  "device", "verifier", "trials", "problems_dir", "level", "model",
                  "refine_rounds", "refine_width", "target_speedup")
 
@@ -58,6 +58,7 @@ class ExperimentConfig:
     max_steps: int = _tts("max_steps", "steps per answer")
     score_aggregation: str = _tts("score_aggregation", "how step scores make an answer's score", choices=AGGREGATIONS)
     window_size: int | None = _tts("window_size", "aggregate over the last W step scores", type=int)
+    stop_score: float = _tts("stop_score", "adaptive_bon: stop once the best answer's score reaches this")
     temperature: float = _tts("temperature", "sampling temperature")
     top_p: float = _tts("top_p", "nucleus sampling")
     top_k: int = _tts("top_k", "top-k sampling")
@@ -105,11 +106,10 @@ class ExperimentConfig:
         return Path(self.out_dir) / self.experiment_name if self.experiment_name else Path(self.out_dir)
 
     def tts_params(self) -> dict[str, Any]:
-        return dict(strategy=self.strategy, scorer=self.scorer, num_trajectories=self.num_trajectories,
-                    candidates_per_step=self.candidates_per_step, beam_size=self.beam_size, max_steps=self.max_steps,
-                    score_aggregation=self.score_aggregation, window_size=self.window_size,
-                    temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, max_tokens=self.max_tokens,
-                    enable_thinking=self.thinking)
+        """The TTSParams this run searches with (the seed is set per item: experiment/generate.py)."""
+        shared = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name in TTSParams.__dataclass_fields__ and f.name != "seed"}
+        return {**shared, "enable_thinking": self.thinking}
 
     def fingerprint(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in RESULT_FIELDS}
@@ -179,7 +179,9 @@ def check_resumable(cfg: ExperimentConfig) -> None:
     mine = json.loads(json.dumps(cfg.fingerprint()))  # JSON round trip: tuples and lists compare alike
     if path.exists():
         theirs = json.loads(path.read_text()).get("fingerprint", {})
-        differ = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        # A setting added after the records were made matches them at its default (they were made with it).
+        defaults = {f.name: f.default for f in fields(ExperimentConfig)}
+        differ = {k: (theirs.get(k, defaults.get(k)), v) for k, v in mine.items() if theirs.get(k, defaults.get(k)) != v}
         if differ:
             what = "; ".join(f"{k}={b!r} (the records have {a!r})" for k, (a, b) in sorted(differ.items()))
             raise ConfigError(f"{cfg.folder} holds records made with other settings: {what}. Resuming would mix "

@@ -22,6 +22,8 @@ SHAPES: dict[str, Shape] = {
     "online_bon": Shape("candidates_per_step", lambda p: p.candidates_per_step, lambda p: 1),
     "beam_search": Shape("beam_size", lambda p: p.beam_size * p.candidates_per_step, lambda p: p.beam_size),
     "dvts": Shape("beam_size", lambda p: p.beam_size * p.candidates_per_step, lambda p: p.beam_size),
+    "adaptive_bon": Shape("num_trajectories", lambda p: min(p.candidates_per_step, p.num_trajectories),
+                          lambda p: p.num_trajectories),
 }
 STRATEGIES = tuple(SHAPES)  # every list of strategy names derives from this table
 
@@ -36,7 +38,7 @@ def sequences_in_flight(p) -> int:
 # service's request, a remote run's extra_body, `kernels-eval run`'s flags). Sampling fields travel
 # under OpenAI's own names (temperature, top_p, max_tokens, seed).
 WIRE_FIELDS = ("strategy", "scorer", "num_trajectories", "candidates_per_step", "beam_size", "max_steps",
-               "score_aggregation", "window_size")
+               "score_aggregation", "window_size", "stop_score")
 
 
 def wire_name(name: str) -> str:
@@ -65,6 +67,7 @@ class TTSParams:
     max_steps: int = 100
     score_aggregation: str = "min"
     window_size: int | None = None  # aggregate over the last W step scores
+    stop_score: float = 0.95  # adaptive_bon: stop sampling once the best answer's aggregated score reaches this
     temperature: float = 0.6
     top_p: float = 0.95
     top_k: int = 20
@@ -93,6 +96,8 @@ class TTSParams:
             raise ValueError(f"min_step_tokens ({self.min_step_tokens}) must be < max_step_tokens ({self.max_step_tokens})")
         if self.window_size is not None and (not isinstance(self.window_size, int) or self.window_size < 1):
             raise ValueError(f"window_size must be a positive integer or None, got {self.window_size!r}")
+        if not isinstance(self.stop_score, (int, float)) or not 0 < self.stop_score <= 1:
+            raise ValueError(f"stop_score must be in (0, 1] (scores are 1 / (1 + uncertainty)), got {self.stop_score!r}")
         check_sampling(self.temperature, self.top_p, self.top_k)
         for name in ("step_stop", "stop"):
             v = getattr(self, name)

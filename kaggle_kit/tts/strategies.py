@@ -1,4 +1,4 @@
-"""Offline best-of-N, online best-of-N, beam search and diverse verifier tree search.
+"""Offline best-of-N (fixed or adaptive), online best-of-N, beam search and diverse verifier tree search.
 
 Each strategy is a generator for one prompt: it yields the engine requests of its
 next step and receives their completions. `drive` merges the pending requests of
@@ -22,24 +22,46 @@ StrategyGen = Generator[list[GenerationRequest], list[list[Completion]], tuple[S
 
 def offline_bon(s: Search, tokenizer) -> StrategyGen:
     """One call with n = N; split each answer into steps afterwards; pick the best aggregate."""
-    p = s.p
     empty = StepPath()
-    req = s.request(empty, n=p.num_trajectories, final=True)
+    req = s.request(empty, n=s.p.num_trajectories, final=True)
     if req is None:  # the prompt leaves no room: `empty` now says why
         return empty, [empty]
     outs = yield [req]
     s.count([req], outs)
-    paths = []
-    for c in outs[0]:
-        finish, reason = s.classify(StepPath(), c)
-        ends = split_points(token_pieces(tokenizer, c.token_ids), p.step_stop, p.min_step_tokens, p.max_step_tokens)
-        path = StepPath()
-        for k, (ids, chosen, returned) in enumerate(slices(c, ends)):
-            step = s.new_step(path, ids, chosen, returned, text="", finish=finish if k == len(ends) - 1 else "boundary")
-            path = StepPath(path.steps + [step])
-        path.reason = reason
-        paths.append(path)
+    paths = [_whole(s, tokenizer, c) for c in outs[0]]
     return best(paths), paths
+
+
+def adaptive_bon(s: Search, tokenizer) -> StrategyGen:
+    """Offline best-of-N that stops early: whole answers in waves of candidates_per_step, up to
+    num_trajectories, until the best one's aggregated score reaches stop_score. A prompt the model
+    is sure of costs one wave; a hard one gets the whole budget."""
+    p = s.p
+    paths: list[StepPath] = []
+    while len(paths) < p.num_trajectories:
+        empty = StepPath()
+        req = s.request(empty, n=min(p.candidates_per_step, p.num_trajectories - len(paths)), final=True)
+        if req is None:  # no room for an answer: `empty` says why
+            return (best(paths), paths) if paths else (empty, [empty])
+        outs = yield [req]
+        s.count([req], outs)
+        paths += [_whole(s, tokenizer, c) for c in outs[0]]
+        if best(paths).rank_key >= p.stop_score:
+            break
+    return best(paths), paths
+
+
+def _whole(s: Search, tokenizer, c: Completion) -> StepPath:
+    """A whole answer split into steps afterwards (offline: the steps are only for scoring)."""
+    p = s.p
+    finish, reason = s.classify(StepPath(), c)
+    ends = split_points(token_pieces(tokenizer, c.token_ids), p.step_stop, p.min_step_tokens, p.max_step_tokens)
+    path = StepPath()
+    for k, (ids, chosen, returned) in enumerate(slices(c, ends)):
+        step = s.new_step(path, ids, chosen, returned, text="", finish=finish if k == len(ends) - 1 else "boundary")
+        path = StepPath(path.steps + [step])
+    path.reason = reason
+    return path
 
 
 def online_bon(s: Search, tokenizer=None) -> StrategyGen:
@@ -154,7 +176,8 @@ def _finish(paths: list[StepPath], s: Search):
     return done
 
 
-STRATEGY_FUNCS = {"offline_bon": offline_bon, "online_bon": online_bon, "beam_search": beam_search, "dvts": dvts}
+STRATEGY_FUNCS = {"offline_bon": offline_bon, "online_bon": online_bon, "beam_search": beam_search, "dvts": dvts,
+                  "adaptive_bon": adaptive_bon}
 assert tuple(STRATEGY_FUNCS) == STRATEGIES, "a strategy needs its Shape in tts/params.py and its function here"
 
 
