@@ -247,7 +247,7 @@ def push(m: Manifest, root: Path = ROOT, stale_hours: float = 6.0, now: float | 
         version, _ = kaggle.push_folder(folder)
         shard.attempts.append(Attempt(f"{m.owner}/{slug}", now, version, resumes))
         shard.missing = None
-        m.save(root)  # after each push: a crash here never pushes the same attempt twice
+        m.save(root)  # after each push: a crash before this line re-pushes the same slug, a new version of one kernel
         log(f"shard {shard.index + 1}: pushed {m.owner}/{slug} (version {version}; {reason})")
         pushed.append(f"{m.owner}/{slug}")
     return pushed
