@@ -35,7 +35,8 @@ from kernels_eval.prompts import build_messages, build_refinement_messages
 STRATEGY_PARAMS = dict(num_trajectories=4, candidates_per_step=4, beam_size=2, max_tokens=1024, max_steps=30)
 # adaptive_bon samples whole answers in waves of candidates_per_step up to num_trajectories: waves of 2
 # give it offline best-of-4's budget at most, and a chance to stop after 2.
-PER_STRATEGY = {"adaptive_bon": {"candidates_per_step": 2}}
+# deepconf: 2 warm-up answers set the bar, the other 2 of the same 4 grow step by step and may stop.
+PER_STRATEGY = {"adaptive_bon": {"candidates_per_step": 2}, "deepconf": {"warmup_traces": 2}}
 
 
 def mixture(problems: list[str], samples: int) -> list[dict]:

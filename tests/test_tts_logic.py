@@ -274,3 +274,21 @@ def test_adaptive_bon_stops_sampling_once_an_answer_is_good_enough():
     assert len(never.candidates) == 8 and never.text == "strong"  # the whole budget when nothing is sure
     with pytest.raises(ValueError, match="stop_score must be in"):
         TTSParams(stop_score=1.5)
+
+
+def test_deepconf_stops_a_trace_once_it_falls_under_the_warmup_bar():
+    # Warm-up (one call, 2 whole answers): "good..." (0.9) and "bad..." (0.3): the bar is their 10th
+    # percentile, 0.36. Three traces then grow a step at a time: the one that starts "bad" (0.3) stops
+    # after that step; "mid" and "good" go on and finish. With min aggregation it could not have won.
+    tree = {"": [step("good\n\n", 0.9), step("bad\n\n", 0.3), step("mid\n\n", 0.7)],
+            "good\n\n": [step("end", 0.9, True)], "bad\n\n": [step("junk", 0.3, True)],
+            "mid\n\n": [step("fin", 0.7, True)]}
+    eng = ScriptedEngine(tree)
+    res = run_strategy(MSGS, engine=eng, strategy="deepconf", num_trajectories=5, warmup_traces=2,
+                       score_aggregation="min", **BASE)
+    assert res.text == "good\n\nend"
+    assert [r.sampling.n for r in eng.calls[0]] == [2] and [len(call) for call in eng.calls] == [1, 3, 2]
+    assert sorted(c.text for c in res.candidates) == ["bad\n\njunk", "good\n\nend", "good\n\nend", "mid\n\nfin"]
+    parents = {st.parent for st in res.tree}
+    stopped = [st for st in res.tree if st.text == "bad\n\n" and st.id not in parents]
+    assert len(stopped) == 1 and stopped[0].finish == "boundary"  # the step-by-step "bad" trace, never continued

@@ -8,7 +8,7 @@ from kaggle_kit.tts.scorers import uncertainty
 
 pytestmark = pytest.mark.vllm
 MSGS = [{"role": "system", "content": "You are a CUDA expert."}, {"role": "user", "content": "Optimise the gelu kernel."}]
-SMALL = dict(max_tokens=120, max_steps=4, candidates_per_step=3, beam_size=2, num_trajectories=4, seed=11,
+SMALL = dict(max_tokens=120, max_steps=4, candidates_per_step=3, beam_size=2, num_trajectories=4, seed=11, warmup_traces=2,
              min_step_tokens=4, max_step_tokens=40, temperature=1.0, logprobs=5)
 
 
@@ -29,7 +29,7 @@ class Recording:
 
 @pytest.mark.parametrize("strategy, scorer", [(st, sc) for st in ("offline_bon", "online_bon", "beam_search")
                                                for sc in ("entropy", "perplexity", "sequence_prob", "confidence")]
-                         + [("dvts", "entropy"), ("adaptive_bon", "perplexity")])
+                         + [("dvts", "entropy"), ("adaptive_bon", "perplexity"), ("deepconf", "confidence")])
 def test_strategy_end_to_end(registered, strategy, scorer):
     rec = Recording(registered)
     res = kk.run_strategy(MSGS, engine=rec, strategy=strategy, scorer=scorer, **SMALL)
@@ -57,6 +57,12 @@ def test_strategy_end_to_end(registered, strategy, scorer):
         assert waves == [3, 1][: len(waves)] and sum(waves) == len(res.candidates)
         first = max(c.aggregated_score for c in res.candidates[:3])
         assert (first >= 0.95) == (len(waves) == 1)  # a second wave only when the first was not sure enough
+        return
+    if strategy == "deepconf":  # one call of whole warm-up answers, then one request per live trace per step
+        warm = rec.calls[0]
+        assert len(warm) == 1 and warm[0][0].sampling.n == SMALL["warmup_traces"]
+        assert all(r.sampling.n == 1 for call in rec.calls[1:] for r, _ in call)
+        assert len(rec.calls[1]) == SMALL["num_trajectories"] - SMALL["warmup_traces"]
         return
     # one call per step (+1 final continuation); next-step prompts are prompt ids + chosen steps' ids
     depth = max(s.depth for s in res.tree) + 1

@@ -15,7 +15,7 @@ from kaggle_kit.tts.scorers import SCORERS
 # (Problems and samples may grow: items are keyed by them. Whether to evaluate, and
 # workers, batch size, deadline and the like change how much or how fast, not what.)
 RESULT_FIELDS = ("strategy", "scorer", "num_trajectories", "candidates_per_step", "beam_size", "max_steps",
-                 "score_aggregation", "window_size", "stop_score", "temperature", "top_p", "top_k", "max_tokens", "seed", "thinking",
+                 "score_aggregation", "window_size", "stop_score", "warmup_traces", "temperature", "top_p", "top_k", "max_tokens", "seed", "thinking",
                  "device", "verifier", "trials", "problems_dir", "level", "model",
                  "refine_rounds", "refine_width", "target_speedup")
 
@@ -59,6 +59,7 @@ class ExperimentConfig:
     score_aggregation: str = _tts("score_aggregation", "how step scores make an answer's score", choices=AGGREGATIONS)
     window_size: int | None = _tts("window_size", "aggregate over the last W step scores", type=int)
     stop_score: float = _tts("stop_score", "adaptive_bon: stop once the best answer's score reaches this")
+    warmup_traces: int = _tts("warmup_traces", "deepconf: whole answers that set the bar the other traces must keep")
     temperature: float = _tts("temperature", "sampling temperature")
     top_p: float = _tts("top_p", "nucleus sampling")
     top_k: int = _tts("top_k", "top-k sampling")

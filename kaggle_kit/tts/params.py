@@ -24,6 +24,9 @@ SHAPES: dict[str, Shape] = {
     "dvts": Shape("beam_size", lambda p: p.beam_size * p.candidates_per_step, lambda p: p.beam_size),
     "adaptive_bon": Shape("num_trajectories", lambda p: min(p.candidates_per_step, p.num_trajectories),
                           lambda p: p.num_trajectories),
+    "deepconf": Shape("num_trajectories", lambda p: max(min(p.warmup_traces, p.num_trajectories),
+                                                        p.num_trajectories - p.warmup_traces),
+                      lambda p: p.num_trajectories),
 }
 STRATEGIES = tuple(SHAPES)  # every list of strategy names derives from this table
 
@@ -38,7 +41,7 @@ def sequences_in_flight(p) -> int:
 # service's request, a remote run's extra_body, `kernels-eval run`'s flags). Sampling fields travel
 # under OpenAI's own names (temperature, top_p, max_tokens, seed).
 WIRE_FIELDS = ("strategy", "scorer", "num_trajectories", "candidates_per_step", "beam_size", "max_steps",
-               "score_aggregation", "window_size", "stop_score")
+               "score_aggregation", "window_size", "stop_score", "warmup_traces")
 
 
 def wire_name(name: str) -> str:
@@ -68,6 +71,7 @@ class TTSParams:
     score_aggregation: str = "min"
     window_size: int | None = None  # aggregate over the last W step scores
     stop_score: float = 0.95  # adaptive_bon: stop sampling once the best answer's aggregated score reaches this
+    warmup_traces: int = 4  # deepconf: whole answers that set the bar the other traces must stay above
     temperature: float = 0.6
     top_p: float = 0.95
     top_k: int = 20
@@ -86,7 +90,7 @@ class TTSParams:
         check_scorer(self.scorer)
         check_aggregation(self.score_aggregation)
         for name in ("num_trajectories", "candidates_per_step", "beam_size", "max_steps", "max_tokens",
-                     "max_step_tokens", "logprobs"):
+                     "max_step_tokens", "logprobs", "warmup_traces"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")

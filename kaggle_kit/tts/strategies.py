@@ -1,4 +1,5 @@
-"""Offline best-of-N (fixed or adaptive), online best-of-N, beam search and diverse verifier tree search.
+"""Offline best-of-N (fixed or adaptive), online best-of-N, beam search, diverse verifier tree search and
+DeepConf's online early stop.
 
 Each strategy is a generator for one prompt: it yields the engine requests of its
 next step and receives their completions. `drive` merges the pending requests of
@@ -7,8 +8,11 @@ service's concurrent requests) costs one call per step, not one per prompt.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Generator, Sequence
+
+import numpy as np
 
 from kaggle_kit.engine.types import Completion, GenerationRequest
 from kaggle_kit.tts.aggregation import MONOTONE_NON_INCREASING
@@ -49,6 +53,49 @@ def adaptive_bon(s: Search, tokenizer) -> StrategyGen:
         if best(paths).rank_key >= p.stop_score:
             break
     return best(paths), paths
+
+
+# DeepConf-high keeps the traces above the 10th percentile of the warm-up's confidence (arXiv 2508.15260).
+DEEPCONF_KEEP = 0.9
+
+
+def deepconf(s: Search, tokenizer) -> StrategyGen:
+    """DeepConf's online mode (arXiv 2508.15260) at step granularity: `warmup_traces` whole answers set
+    the bar (the 10th percentile of their aggregated scores: DeepConf-high), the other traces grow a
+    step at a time, all in one engine call per step, and a trace whose aggregated score falls under
+    the bar stops there. With `min` (or `product`) aggregation a score never rises, so a stopped trace
+    could not have won: what it would have generated is saved at no cost to the choice. The best
+    finished answer wins; stopped traces stay in the tree, not among the candidates."""
+    p = s.p
+    empty = StepPath()
+    req = s.request(empty, n=min(p.warmup_traces, p.num_trajectories), final=True)
+    if req is None:
+        return empty, [empty]
+    outs = yield [req]
+    s.count([req], outs)
+    finished = [_whole(s, tokenizer, c) for c in outs[0]]
+    seen = [q.rank_key for q in finished if math.isfinite(q.rank_key)]
+    bar = float(np.quantile(seen, 1 - DEEPCONF_KEEP)) if seen else -math.inf
+    paths = [StepPath() for _ in range(p.num_trajectories - len(finished))]
+    for _ in range(p.max_steps):
+        reqs, owners, full = _requests(paths, s, 1)
+        finished += full
+        if not reqs:
+            paths = []
+            break
+        outs = yield reqs
+        s.count(reqs, outs)
+        paths = []
+        for q, cs in zip(owners, outs):
+            grown = s.extend(q, cs[0])
+            if not grown.live:
+                finished.append(grown)
+            elif grown.rank_key >= bar:
+                paths.append(grown)  # under the bar: stopped here, its steps stay in the tree
+        s.fix(paths + finished)
+    if paths:
+        finished += yield from _finish(paths, s)
+    return best(finished), finished
 
 
 def _whole(s: Search, tokenizer, c: Completion) -> StepPath:
@@ -177,7 +224,7 @@ def _finish(paths: list[StepPath], s: Search):
 
 
 STRATEGY_FUNCS = {"offline_bon": offline_bon, "online_bon": online_bon, "beam_search": beam_search, "dvts": dvts,
-                  "adaptive_bon": adaptive_bon}
+                  "adaptive_bon": adaptive_bon, "deepconf": deepconf}
 assert tuple(STRATEGY_FUNCS) == STRATEGIES, "a strategy needs its Shape in tts/params.py and its function here"
 
 
