@@ -13,6 +13,15 @@ MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "
 
 
 @pytest.fixture
+def no_model(monkeypatch):
+    """No engine registered here, whatever an earlier test in this process loaded (the vLLM backend
+    then reports itself unavailable, as on a machine without a model)."""
+    from kaggle_kit.engine.registry import ModelRegistry
+
+    monkeypatch.setattr(ModelRegistry, "is_ready", classmethod(lambda cls: False))
+
+
+@pytest.fixture
 def openai_srv():
     with FakeServer("openai", reply="openai says") as s:
         yield s
@@ -66,7 +75,7 @@ def test_down_servers_are_unavailable_quickly():
     assert not OpenAICompatBackend("https://api.groq.com/openai/v1", api_key=None, name="groq", probe=False).available()
 
 
-def test_default_chain_falls_through_in_order(ollama_srv, caplog):
+def test_default_chain_falls_through_in_order(ollama_srv, caplog, no_model):
     # No engine registered, Ollama up, no Groq key: Ollama answers.
     settings = Settings.from_env(ollama_host=f"http://127.0.0.1:{ollama_srv.port}", groq_api_key=None)
     client = SimpleLLMClient(settings=settings)
@@ -78,7 +87,7 @@ def test_default_chain_falls_through_in_order(ollama_srv, caplog):
     assert client.failures[0] == ("vllm", "not available")
 
 
-def test_all_down_reaches_echo():
+def test_all_down_reaches_echo(no_model):
     settings = Settings.from_env(ollama_host=f"http://127.0.0.1:{free_port()}", groq_api_key=None)
     client = SimpleLLMClient(settings=settings)
     assert client.generate(MSGS) == "Echo: tile it" and client.backend == "echo"
@@ -136,7 +145,7 @@ def test_bad_input_is_raised_not_fallen_through():
         SimpleLLMClient(["vllm", "gpt4"])
 
 
-def test_nothing_available_says_why():
+def test_nothing_available_says_why(no_model):
     client = SimpleLLMClient(["vllm"])
     with pytest.raises(AllBackendsFailed, match="vllm: not available"):
         client.generate(MSGS)
