@@ -142,12 +142,14 @@ def run_pushed_notebook(text: str, working: Path, inputs: Path, behaviour: str =
     its /kaggle/input. "deadline": the 12 h end (deadline='kaggle') is set to come right after the start."""
     import kaggle_kit as kk
 
-    ns, cell = _notebook_namespace(text)
-    env = {"KAGGLE_INPUT_DIR": str(inputs), "KK_COMPILE_CACHE": "off"}
-    if behaviour == "deadline":
-        import time
+    import time
 
-        env["KK_SESSION_HOURS"] = str((time.time() - session_start() + SAFETY_MARGIN_S + 1.0) / 3600)
+    ns, cell = _notebook_namespace(text)
+    # deadline="kaggle" counts 12 h from this machine's container start (Kaggle starts one per session):
+    # a session here starts now, and a "deadline" one ends a second after it starts.
+    left = 1.0 if behaviour == "deadline" else 12 * 3600.0
+    env = {"KAGGLE_INPUT_DIR": str(inputs), "KK_COMPILE_CACHE": "off",
+           "KK_SESSION_HOURS": str((time.time() - session_start() + SAFETY_MARGIN_S + left) / 3600)}
     ns["kk"] = kk
     with _inside(working, env):
         exec(cell, ns)
