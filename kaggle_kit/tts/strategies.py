@@ -76,25 +76,13 @@ def deepconf(s: Search, tokenizer) -> StrategyGen:
     finished = [_whole(s, tokenizer, c) for c in outs[0]]
     seen = [q.rank_key for q in finished if math.isfinite(q.rank_key)]
     bar = float(np.quantile(seen, 1 - DEEPCONF_KEEP)) if seen else -math.inf
+
+    def keep(q: StepPath, cs: list[Completion]) -> StepPath | None:
+        grown = s.extend(q, cs[0])
+        return grown if not grown.live or grown.rank_key >= bar else None  # under the bar: stopped here
+
     paths = [StepPath() for _ in range(p.num_trajectories - len(finished))]
-    for _ in range(p.max_steps):
-        reqs, owners, full = _requests(paths, s, 1)
-        finished += full
-        if not reqs:
-            paths = []
-            break
-        outs = yield reqs
-        s.count(reqs, outs)
-        paths = []
-        for q, cs in zip(owners, outs):
-            grown = s.extend(q, cs[0])
-            if not grown.live:
-                finished.append(grown)
-            elif grown.rank_key >= bar:
-                paths.append(grown)  # under the bar: stopped here, its steps stay in the tree
-        s.fix(paths + finished)
-    if paths:
-        finished += yield from _finish(paths, s)
+    finished = yield from _grow(s, paths, 1, keep, finished)
     return best(finished), finished
 
 
@@ -178,25 +166,34 @@ def dvts(s: Search, tokenizer=None) -> StrategyGen:
     own best, so one strong early step cannot fill every beam as in beam search; the best
     finished answer of all subtrees wins. All subtrees share one engine call per step."""
     p = s.p
-    paths, finished = [StepPath() for _ in range(p.beam_size)], []
-    for _ in range(p.max_steps):
-        reqs, owners, full = _requests(paths, s, p.candidates_per_step)
+
+    def keep(q: StepPath, cs: list[Completion]) -> StepPath:
+        return max((s.extend(q, c) for c in cs), key=lambda x: x.rank_key)
+
+    finished = yield from _grow(s, [StepPath() for _ in range(p.beam_size)], p.candidates_per_step, keep)
+    return best(finished), finished
+
+
+def _grow(s: Search, paths: list[StepPath], n: int, keep, finished: list[StepPath] = ()):
+    """Grow independent paths a step at a time, all in one engine call per step: each gets n samples
+    and `keep(path, completions)` gives its next path, or None to stop it there (its steps stay in the
+    tree). Returns `finished` plus every path that ended; live ones get a final continuation at max_steps."""
+    finished = list(finished)
+    for _ in range(s.p.max_steps):
+        reqs, owners, full = _requests(paths, s, n)
         finished += full
         if not reqs:
-            paths = []
-            break
+            return finished
         outs = yield reqs
         s.count(reqs, outs)
-        paths = []
-        for q, completions in zip(owners, outs):
-            top = max((s.extend(q, c) for c in completions), key=lambda x: x.rank_key)
-            (paths if top.live else finished).append(top)
+        grown = [keep(q, cs) for q, cs in zip(owners, outs)]
+        paths = [q for q in grown if q is not None and q.live]
+        finished += [q for q in grown if q is not None and not q.live]
         s.fix(paths + finished)
         if not paths:
-            break
-    if paths:
-        finished += yield from _finish(paths, s)
-    return best(finished), finished
+            return finished
+    finished += yield from _finish(paths, s)
+    return finished
 
 
 def _requests(paths: list[StepPath], s: Search, n: int, final: bool = False):
