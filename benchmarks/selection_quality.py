@@ -90,7 +90,7 @@ def main() -> int:
 
     def config(name, **kw):
         params = {**STRATEGY_PARAMS, **PER_STRATEGY.get(kw["strategy"], {})}
-        return ExperimentConfig(experiment_name=name, out_dir=str(out), model=args.model, problems=problems,
+        return ExperimentConfig.of(experiment_name=name, out_dir=str(out), model=args.model, problems=problems,
                                 device="cpu", num_samples=args.samples, trials=3, seed=0, **params, **kw)
 
     frames = []

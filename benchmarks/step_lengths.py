@@ -15,7 +15,7 @@ import json
 import statistics
 
 import kaggle_kit as kk
-from kaggle_kit.chat.messages import prompt_ids
+from kaggle_kit.engine.chat_template import prompt_ids
 from kaggle_kit.engine.types import GenerationRequest, SamplingSpec
 from kaggle_kit.tts.steps import split_points, token_pieces
 from kernels_eval.problems import SOLUTIONS, load_problems

@@ -21,7 +21,7 @@ import json
 import time
 
 import kaggle_kit as kk
-from kaggle_kit.chat.messages import prompt_ids
+from kaggle_kit.engine.chat_template import prompt_ids
 from kaggle_kit.engine.types import GenerationRequest, SamplingSpec
 
 PROMPTS = [

@@ -51,16 +51,13 @@ def _cmd_wheels(args) -> int:
 
 
 def _cmd_tts(args) -> int:
-    import dataclasses
-
     import kaggle_kit as kk
-    from kaggle_kit.tts.params import TTSParams
+    from kaggle_kit.tts.params import NAMES, TTSParams
 
-    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(TTSParams) if getattr(args, f.name, None) is not None}
-    TTSParams.of(**params)  # bad values fail before the model loads
+    params = TTSParams.of(**{n: getattr(args, n) for n in NAMES})  # bad values fail before the model loads
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
     kk.ensure_model(args.model)
-    result = kk.run_strategy(messages, progress=not args.json, **params)
+    result = kk.run_strategy(messages, progress=not args.json, params=params)
     if args.json:
         print(json.dumps(result.to_dict(include_tree=args.tree), indent=2))
     else:
@@ -71,39 +68,23 @@ def _cmd_tts(args) -> int:
     return 0
 
 
-def _add_tts_params(parser: argparse.ArgumentParser) -> None:
-    """One option per TTSParams field, named as in the Python API."""
-    import dataclasses
-    import typing
-
-    from kaggle_kit.tts.params import TTSParams
-
-    hints = typing.get_type_hints(TTSParams)
-    for f in dataclasses.fields(TTSParams):
-        hint = str(hints[f.name])
-        flags = ["--" + f.name.replace("_", "-")] + (["--" + f.name] if "_" in f.name else [])  # KernelAct spells them with _
-        if f.type in ("bool",) or hint == "<class 'bool'>":
-            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        elif "tuple" in hint:
-            parser.add_argument(*flags, dest=f.name, action="append", default=None, help="repeatable")
-        elif "int" in hint:
-            parser.add_argument(*flags, dest=f.name, type=int, default=None, help=f"default {f.default}")
-        elif "float" in hint:
-            parser.add_argument(*flags, dest=f.name, type=float, default=None, help=f"default {f.default}")
-        else:
-            parser.add_argument(*flags, dest=f.name, default=None, help=f"default {f.default}")
+def _dashed(f) -> list[str]:
+    """--num-trajectories, and --num_trajectories as KernelAct spells them."""
+    return ["--" + f.name.replace("_", "-")] + (["--" + f.name] if "_" in f.name else [])
 
 
 def _cmd_serve(args) -> int:
+    import dataclasses
     import os
 
     import kaggle_kit as kk
+    from kaggle_kit.service.limits import Limits
 
     kk.ensure_model(args.model, **({"max_model_len": args.max_model_len} if args.max_model_len else {}))
     print(f"serving on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     kk.serve(port=args.port, host=args.host, api_key=args.api_key or os.environ.get("KK_API_KEY"),
              served_model_name=args.served_model_name, strict=args.strict,
-             limits={"max_sequences": args.max_sequences, "max_steps": args.max_steps, "max_kv_tokens": args.max_kv_tokens},
+             limits={f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)},
              slots=args.slots, interactive_share=args.interactive_share, max_active=args.max_concurrent, block=True, log_level="info" if args.verbose else "warning")
     return 0
 
@@ -270,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--system", default=None)
     ts.add_argument("--json", action="store_true", help="print the whole result as JSON")
     ts.add_argument("--tree", action="store_true", help="with --json: include every scored step")
-    _add_tts_params(ts)
+    from kaggle_kit.config import add_field_arguments
+    from kaggle_kit.service.limits import Limits
+    from kaggle_kit.tts.params import TTSParams
+
+    add_field_arguments(ts, TTSParams, names=_dashed, given_only=True)  # unset: TTSParams' default
     ts.set_defaults(func=_cmd_tts)
 
     sv = sub.add_parser("serve", help="serve the model and the TTS strategies over OpenAI's API")
@@ -284,10 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--strict", action="store_true",
                     help="404 for another model id, 400 for max_tokens over the window (default: serve, and report "
                          "the change in kk_adjustments and the X-KK-Adjusted header)")
-    sv.add_argument("--max-sequences", type=int, default=None, help="sequences one request may keep in flight (64)")
-    sv.add_argument("--max-steps", type=int, default=None, help="tts_max_steps limit (1000)")
-    sv.add_argument("--max-kv-tokens", type=int, default=None,
-                    help="KV-cache tokens one request may need (default: the engine's KV cache)")
+    add_field_arguments(sv, Limits, names=lambda f: ["--" + f.name.replace("_", "-")], given_only=True)
     sv.add_argument("--slots", type=int, default=None, help="sequences in the engine at once (default: from its KV cache)")
     sv.add_argument("--interactive-share", type=int, default=1,
                     help="sequences each TTS request keeps while plain requests wait (default 1)")

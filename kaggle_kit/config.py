@@ -96,3 +96,45 @@ def attached_inputs(name: str, inputs_dir: str | os.PathLike | None = None) -> l
     if not root.is_dir():
         return []
     return sorted(p for pattern in (name, f"*/{name}", f"*/*/{name}") for p in root.glob(pattern) if p.is_dir())
+
+
+def add_field_arguments(parser, cls, *, names=None, dest=None, given_only: bool = False,
+                        skip=lambda f: False) -> None:
+    """One command-line option per field of dataclass `cls` (help, choices and argparse settings from
+    the field's metadata), so a dataclass is also its command's flags and a default is written once.
+
+    names(field) -> option strings (default `--<name>`); dest(field) -> where argparse puts it (default
+    the name). The help says the field's default; the option defaults to it, or with `given_only` to None,
+    meaning "not given" (the dataclass's own default applies). A bool is a switch away from its default
+    (with `given_only`: `--x/--no-x`); a tuple is a repeatable option (None when not given).
+    """
+    import argparse
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata or skip(f):
+            continue
+        meta = {k: v for k, v in f.metadata.items() if k in ("choices", "action", "type", "required")}
+        opts = names(f) if names else [f"--{f.name}"]
+        where = dest(f) if dest else f.name
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        hint = hints[f.name]
+        text = f.metadata["help"]
+        if hint is bool:
+            if given_only:
+                parser.add_argument(*opts, dest=where, action=argparse.BooleanOptionalAction, default=None, help=text)
+            else:  # `names` says what the switch is called (`--no_x` turns off a default True)
+                parser.add_argument(*opts, dest=where, action="store_false" if default else "store_true", help=text)
+            continue
+        if isinstance(default, tuple) or "tuple" in str(hint):
+            meta.setdefault("action", "append")
+            text += " (repeatable)" if "repeatable" not in text else ""
+        elif "type" not in meta and "action" not in meta:
+            meta["type"] = next((t for t in (int, float, str) if t in (typing.get_args(hint) or (hint,))), str)
+        shown = f"{text} (default: {default!r})" if default not in (None, ()) else text
+        if "choices" not in meta:
+            meta.setdefault("metavar", f.name.upper())
+        parser.add_argument(*opts, dest=where, default=default if not given_only and "append" != meta.get("action")
+                            else None, help=shown, **meta)

@@ -16,9 +16,10 @@ MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "
 def no_model(monkeypatch):
     """No engine registered here, whatever an earlier test in this process loaded (the vLLM backend
     then reports itself unavailable, as on a machine without a model)."""
-    from kaggle_kit.engine.registry import ModelRegistry
+    from kaggle_kit.engine import registry
 
-    monkeypatch.setattr(ModelRegistry, "is_ready", classmethod(lambda cls: False))
+    monkeypatch.setattr(registry._State, "llm", None)
+    monkeypatch.setattr(registry._State, "engine", None)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import kaggle_kit as kk
 from kaggle_kit.config import ConfigError
 from kaggle_kit.engine.registry import NoModelError
 from kaggle_kit.engine.types import GenerationRequest, SamplingSpec
-from kaggle_kit.chat.messages import prompt_ids
+from kaggle_kit.engine.chat_template import prompt_ids
 from conftest import TINY
 
 pytestmark = pytest.mark.vllm

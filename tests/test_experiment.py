@@ -242,7 +242,7 @@ def test_problems_too_big_beside_the_engine_wait_for_it_to_sleep(registered, tin
 
 @pytest.mark.vllm
 def test_local_engine_run_and_its_tables(registered, tiny_model_dir, tmp_path):
-    cfg = ExperimentConfig(experiment_name="local", out_dir=str(tmp_path), model=tiny_model_dir, device="cpu",
+    cfg = ExperimentConfig.of(experiment_name="local", out_dir=str(tmp_path), model=tiny_model_dir, device="cpu",
                            problems=["relu", "softmax"], strategy="beam_search", beam_size=2, candidates_per_step=2,
                            max_steps=3, max_tokens=48, trials=2, batch_size=2)
     out = run(cfg, progress=False, log=lambda m: None)
@@ -287,24 +287,34 @@ def test_notebook_path_resumes_after_kill_9(tmp_path, tiny_model_dir):
 
 
 def test_the_run_flags_are_the_config_and_the_tts_defaults_are_one_set():
-    """`kernels-eval run`'s flags come from ExperimentConfig's fields: with none given, the config is the
-    dataclass's own default; its TTS defaults are TTSParams'; the TTS flags are the service's request fields."""
+    """`kernels-eval run`'s flags come from ExperimentConfig's and TTSParams' fields: with none given, the
+    config is the dataclass's own default and its search is TTSParams' defaults; the search's flags are the
+    service's request fields; a run made before a setting existed resumes at that setting's default."""
     import argparse
 
-    from kaggle_kit.experiment.config import add_arguments, from_arguments
-    from kaggle_kit.service.schemas import ChatCompletionRequest
+    from kaggle_kit.experiment.config import add_arguments, differences, from_arguments
+    from kaggle_kit.service.protocol import ChatCompletionRequest
     from kaggle_kit.tts.params import WIRE_FIELDS, TTSParams, wire_name
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert from_arguments(parser.parse_args(["--experiment_name", "x"])) == ExperimentConfig(experiment_name="x")
-    cfg, tts = ExperimentConfig(), TTSParams()
-    assert all(getattr(cfg, f) == getattr(tts, f) for f in WIRE_FIELDS + ("temperature", "top_p", "top_k", "max_tokens"))
+    assert ExperimentConfig().tts == TTSParams()
     flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
-    assert [flags[f] for f in WIRE_FIELDS] == ["--" + wire_name(f) for f in WIRE_FIELDS]
+    assert [flags["tts." + f] for f in WIRE_FIELDS] == ["--" + wire_name(f) for f in WIRE_FIELDS]
     assert [k for k in ChatCompletionRequest.model_fields if k.startswith("tts_")] == [wire_name(f) for f in WIRE_FIELDS]
     given = from_arguments(parser.parse_args(["--experiment_name", "x", "--chosen_only", "--no_evaluate",
-                                              "--tts_beam_size", "3", "--problem", "relu", "--problem", "gelu"]))
-    assert (given.evaluate_candidates, given.evaluate, given.beam_size, given.problems) == (False, False, 3, ["relu", "gelu"])
+                                              "--tts_beam_size", "3", "--problem", "relu", "--problem", "gelu",
+                                              "--thinking", "--stop", "END"]))
+    assert (given.evaluate_candidates, given.evaluate, given.tts.beam_size, given.problems) == (False, False, 3, ["relu", "gelu"])
+    assert given.tts.enable_thinking and given.tts.stop == ("END",) and given.tts.step_stop == TTSParams().step_stop
+    assert ExperimentConfig.of(strategy="dvts", thinking=True, trials=2).tts == TTSParams(strategy="dvts", enable_thinking=True)
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        ExperimentConfig.of(strategy="nope")
+    with pytest.raises(ConfigError, match="unknown experiment setting"):
+        ExperimentConfig.of(beamsize=3)
+    old = {k: v for k, v in ExperimentConfig().fingerprint().items() if k not in ("logprobs", "step_stop", "stop")}
+    assert differences(old, ExperimentConfig().fingerprint()) == {}  # older run.json: missing = default
+    assert differences(old, ExperimentConfig.of(stop=["x"]).fingerprint()) == {"stop": ([], ["x"])}
     assert TTSParams(strategy="beam_search", window_size=None).to_wire()["tts_strategy"] == "beam_search"
     assert "tts_window_size" not in TTSParams().to_wire()  # unset fields stay off the wire

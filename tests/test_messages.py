@@ -1,7 +1,7 @@
 """Message validation, chat-template rendering and thinking separation."""
 import pytest
 
-from kaggle_kit.chat.messages import ThinkSplitter, prompt_ids, render_prompt, split_thinking, validate_messages
+from kaggle_kit.engine.chat_template import ThinkSplitter, prompt_ids, render_prompt, split_thinking, validate_messages
 from kaggle_kit.chat.types import ChatOptions
 
 

@@ -51,7 +51,7 @@ def test_model_written_kernels_are_judged_right_and_wrong_end_to_end(registered,
     candidate is parsed, built and checked; each verdict is the one its planted label predicts; the
     records hold at least one correct chosen kernel and at least one candidate that is not correct.
     (The fitted model writes vector_add's reference most of the time and row_sum's rarely.)"""
-    cfg = ExperimentConfig(experiment_name="planted", out_dir=str(tmp_path), model=tiny_model_dir, device="cpu",
+    cfg = ExperimentConfig.of(experiment_name="planted", out_dir=str(tmp_path), model=tiny_model_dir, device="cpu",
                            problems=["vector_add", "row_sum"], num_samples=1, strategy="offline_bon", num_trajectories=3,
                            scorer="perplexity", verifier="execution", max_tokens=1024, trials=1, batch_size=2)
     out = run(cfg, progress=False, log=lambda m: None)

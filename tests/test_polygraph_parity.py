@@ -9,7 +9,7 @@ pytestmark = pytest.mark.vllm
 lmp_calc = pytest.importorskip("lm_polygraph.stat_calculators")
 lmp_est = pytest.importorskip("lm_polygraph.estimators")
 
-from kaggle_kit.chat.messages import prompt_ids  # noqa: E402
+from kaggle_kit.engine.chat_template import prompt_ids  # noqa: E402
 from kaggle_kit.engine.types import GenerationRequest, SamplingSpec  # noqa: E402
 from kaggle_kit.engine.vllm_engine import to_sampling_params  # noqa: E402
 from kaggle_kit.tts.scorers import uncertainty  # noqa: E402

@@ -32,7 +32,7 @@ ANSWERS = [("output is wrong", GOOD), ("did not compile", WRONG), ("could not be
 
 
 def config(tmp_path, **kw):
-    return ExperimentConfig(experiment_name="r", out_dir=str(tmp_path), problems=["relu"], device="cpu",
+    return ExperimentConfig.of(experiment_name="r", out_dir=str(tmp_path), problems=["relu"], device="cpu",
                             strategy="offline_bon", num_trajectories=1, trials=2, refine_rounds=5,
                             target_speedup=0.0, batch_size=1, **kw)
 
@@ -115,7 +115,7 @@ def test_refinement_resumes_after_kill_9_mid_round(tmp_path):
 @pytest.mark.vllm
 def test_two_rounds_end_to_end_on_vllm(registered, tiny_model_dir, tmp_path):
     """The tiny model writes nonsense: what is tested is the mechanics on the real engine."""
-    cfg = ExperimentConfig(experiment_name="e2e", out_dir=str(tmp_path), model=tiny_model_dir, device="cpu",
+    cfg = ExperimentConfig.of(experiment_name="e2e", out_dir=str(tmp_path), model=tiny_model_dir, device="cpu",
                            problems=["relu", "row_sum"], num_samples=2, strategy="offline_bon", num_trajectories=2,
                            max_tokens=96, trials=2, refine_rounds=2, refine_width=2, batch_size=2)
     out = run(cfg, progress=False, log=lambda m: None)

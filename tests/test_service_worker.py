@@ -4,11 +4,11 @@ import asyncio
 
 import pytest
 
-from kaggle_kit.chat.messages import prompt_ids
+from kaggle_kit.engine.chat_template import prompt_ids
 from kaggle_kit.engine.types import SamplingSpec
 from kaggle_kit.service import limits
 from kaggle_kit.service.errors import ApiError
-from kaggle_kit.service.worker import EngineWorker, Job
+from kaggle_kit.service.worker import Done, EngineWorker, Failed, PlainJob, TTSJob
 from kaggle_kit.tts.params import TTSParams
 from kaggle_kit.tts.search import Search
 from scripted_engine import ScriptedEngine, lp_for_score
@@ -42,7 +42,7 @@ async def _collect(job):
     while True:
         ev = await asyncio.wait_for(job.events.get(), 30)
         events.append(ev)
-        if ev.kind in ("done", "error"):
+        if isinstance(ev, (Done, Failed)):
             return events
 
 
@@ -55,7 +55,7 @@ def test_a_tts_job_never_holds_more_than_the_slots():
     worker = EngineWorker(eng, slots=3)
 
     async def go():
-        job = Job(asyncio.get_running_loop(), [1], stream=False, search=_search(eng, strategy="beam_search",
+        job = TTSJob(asyncio.get_running_loop(), [1], stream=False, search=_search(eng, strategy="beam_search",
                                                                                  beam_size=2, candidates_per_step=4))
         worker.submit(job)
         return await _collect(job)
@@ -64,7 +64,7 @@ def test_a_tts_job_never_holds_more_than_the_slots():
         events = _run(go())
     finally:
         worker.stop()
-    assert events[-1].kind == "done" and events[-1].payload.text
+    assert isinstance(events[-1], Done) and events[-1].result.text
     assert max(eng.in_flight_per_step) == 3  # 8 samples per round, 3 at a time
     assert not eng.running
 
@@ -73,7 +73,7 @@ def test_interactive_requests_pause_a_big_job_and_its_answer_is_unchanged():
     tree = _tree(depth=5, width=4, length=8)
 
     def beam(worker, eng, loop):
-        return Job(loop, [1], stream=False, search=_search(eng, strategy="beam_search", beam_size=4,
+        return TTSJob(loop, [1], stream=False, search=_search(eng, strategy="beam_search", beam_size=4,
                                                              candidates_per_step=4))
 
     async def alone():
@@ -82,7 +82,7 @@ def test_interactive_requests_pause_a_big_job_and_its_answer_is_unchanged():
         try:
             job = beam(worker, eng, asyncio.get_running_loop())
             worker.submit(job)
-            return (await _collect(job))[-1].payload
+            return (await _collect(job))[-1].result
         finally:
             worker.stop()
 
@@ -94,19 +94,19 @@ def test_interactive_requests_pause_a_big_job_and_its_answer_is_unchanged():
             big = beam(worker, eng, loop)
             worker.submit(big)
             await asyncio.sleep(0.05)  # the big job is in full flight
-            plain = [Job(loop, prompt_ids(eng.tokenizer, MSGS, False), stream=True,
-                         spec=SamplingSpec(temperature=1.0, max_tokens=40, seed=s)) for s in range(3)]
+            plain = [PlainJob(loop, prompt_ids(eng.tokenizer, MSGS, False), SamplingSpec(temperature=1.0, max_tokens=40, seed=s),
+                              stream=True) for s in range(3)]
             for p in plain:
                 worker.submit(p)
             plain_events = [await _collect(p) for p in plain]
-            result = (await _collect(big))[-1].payload
+            result = (await _collect(big))[-1].result
             return eng, result, plain_events
         finally:
             worker.stop()
 
     reference = _run(alone())
     eng, result, plain_events = _run(with_traffic())
-    assert all(ev[-1].kind == "done" for ev in plain_events)
+    assert all(isinstance(ev[-1], Done) for ev in plain_events)
     assert result.text == reference.text and result.aggregated_score == reference.aggregated_score  # paused samples rerun exactly
     assert eng.aborted, "the big job's extra sequences were paused"
     assert max(eng.in_flight_per_step) <= 16
@@ -119,7 +119,7 @@ def test_cancelled_job_leaves_nothing_in_the_engine():
     worker = EngineWorker(eng, slots=8)
 
     async def go():
-        job = Job(asyncio.get_running_loop(), [1], stream=False, search=_search(eng, strategy="offline_bon",
+        job = TTSJob(asyncio.get_running_loop(), [1], stream=False, search=_search(eng, strategy="offline_bon",
                                                                                  num_trajectories=8))
         worker.submit(job)
         await asyncio.sleep(0.02)
@@ -130,16 +130,16 @@ def test_cancelled_job_leaves_nothing_in_the_engine():
         events = _run(go())
     finally:
         worker.stop()
-    assert events[-1].kind == "error" and isinstance(events[-1].payload, asyncio.CancelledError)
+    assert isinstance(events[-1], Failed) and isinstance(events[-1].error, asyncio.CancelledError)
     assert not eng.running and eng.aborted and not worker.active
 
 
 def test_limits_name_what_is_over_and_by_how_much():
     lim = limits.Limits(max_sequences=64, max_steps=1000, max_kv_tokens=100_000)
-    with pytest.raises(ApiError, match="tts_num_trajectories=100000 keeps 100000 sequences.*allows 64") as e:
+    with pytest.raises(ApiError, match="tts_num_trajectories=100000 keep 100000 sequences.*allows 64") as e:
         limits.check(lim, TTSParams.of(strategy="offline_bon", num_trajectories=100000), prompt_tokens=50)
     assert e.value.status == 400 and e.value.param == "tts_num_trajectories" and e.value.code == "request_too_large"
-    with pytest.raises(ApiError, match="tts_beam_size=8 x tts_candidates_per_step=8 x .* needs 147200 tokens"):
+    with pytest.raises(ApiError, match="tts_beam_size=8 and tts_candidates_per_step=8: 64 sequences x .* need 147200 tokens"):
         limits.check(lim, TTSParams.of(strategy="beam_search", beam_size=8, candidates_per_step=8, max_tokens=2250),
                      prompt_tokens=50)
     with pytest.raises(ApiError, match="tts_max_steps=5000"):

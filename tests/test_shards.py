@@ -85,7 +85,7 @@ def test_kernels_eval_run_takes_the_same_shard_as_the_plan():
 @pytest.mark.vllm
 def test_two_shards_of_a_real_cpu_run_merge_into_the_one_run_report(registered, tiny_model_dir, tmp_path):
     def one(name, problems):
-        cfg = ExperimentConfig(experiment_name="r", out_dir=str(tmp_path / name), model=tiny_model_dir,
+        cfg = ExperimentConfig.of(experiment_name="r", out_dir=str(tmp_path / name), model=tiny_model_dir,
                                device="cpu", problems=problems, strategy="offline_bon", num_trajectories=2,
                                max_tokens=400, trials=2, batch_size=1)
         run(cfg, progress=False, log=lambda m: None)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import kaggle_kit as kk
-from kaggle_kit.chat.messages import prompt_ids
+from kaggle_kit.engine.chat_template import prompt_ids
 from kaggle_kit.tts.scorers import uncertainty
 
 pytestmark = pytest.mark.vllm

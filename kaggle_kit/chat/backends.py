@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from kaggle_kit.chat.messages import ThinkSplitter, prompt_ids, split_thinking, validate_messages
+from kaggle_kit.engine.chat_template import ThinkSplitter, prompt_ids, split_thinking, validate_messages
 from kaggle_kit.chat.types import BackendError, ChatOptions, ChatResult, ChatStream
 from kaggle_kit.config import BACKEND_NAMES, ConfigError
 
@@ -56,17 +56,17 @@ class VLLMBackend(Backend):
     name = "vllm"
 
     def available(self) -> bool:
-        from kaggle_kit.engine.registry import ModelRegistry
+        from kaggle_kit.engine.registry import registered_engine
 
-        return ModelRegistry.is_ready()
+        return registered_engine() is not None
 
     def _prepare(self, messages, options: dict[str, Any]):
-        from kaggle_kit.engine.registry import ModelRegistry
+        from kaggle_kit.engine.registry import current_engine
         from kaggle_kit.engine.types import SamplingSpec
 
         msgs = validate_messages(messages)
         opts = ChatOptions.of(**options)
-        engine = ModelRegistry.get_engine()
+        engine = current_engine()
         ids = prompt_ids(engine.tokenizer, msgs, opts.enable_thinking)
         room = engine.max_model_len - len(ids)
         if room < 1:

@@ -11,7 +11,7 @@ import logging
 from typing import Iterator, Sequence
 
 from kaggle_kit.chat.backends import Backend, make_backend
-from kaggle_kit.chat.messages import validate_messages
+from kaggle_kit.engine.chat_template import validate_messages
 from kaggle_kit.chat.types import AllBackendsFailed, BackendError, ChatOptions, ChatResult, ChatStream
 from kaggle_kit.config import Settings, parse_backend_list
 

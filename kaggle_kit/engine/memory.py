@@ -3,7 +3,7 @@
 Pure arithmetic over a model's config.json and the planned vLLM settings, so the
 doctor can say before a 14B model spends minutes loading whether it fits, how many
 tokens of KV cache the plan buys, how many sequences of max_model_len fit at once
-(beam search needs beam_size x candidates of them), and whether the memory vLLM
+(a search keeps several in flight: `TTSParams.in_flight`), and whether the memory vLLM
 leaves free is enough for kernel evaluation on the same GPUs.
 
 These are estimates (vLLM profiles the real activation peak when it starts and
@@ -118,11 +118,6 @@ class MemoryPlan:
     @property
     def evaluator_fits(self) -> bool:
         return self.left_for_evaluator_bytes >= self.evaluator_need_bytes
-
-    def sequences_for(self, beam_size: int, candidates: int) -> tuple[int, bool]:
-        """(sequences beam search keeps in flight, whether they all fit at max_model_len)."""
-        need = beam_size * candidates
-        return need, need <= self.sequences_at_max_len
 
     def utilization_for_evaluator(self) -> float:
         """The largest gpu_memory_utilization that still leaves the evaluator what it needs."""

@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 from kaggle_kit.config import ConfigError, KaggleKitError
+from kaggle_kit.engine.types import Engine
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class ModelRegistry:
         return _State.llm
 
     @classmethod
-    def get_engine(cls):
+    def get_engine(cls) -> Engine:
         """The registered model behind the Engine seam (token-id prompts, logprobs)."""
         cls.get_model()
         return _State.engine
@@ -98,6 +99,17 @@ class ModelRegistry:
                     torch.cuda.empty_cache()
             except ImportError:
                 pass
+
+
+def registered_engine() -> Engine | None:
+    """The registered engine, or None: the service's default provider (it answers 503 without one)."""
+    return _State.engine
+
+
+def current_engine(engine: Engine | None = None) -> Engine:
+    """`engine` if given, else the registered one (NoModelError says how to register one): the one place
+    the façade (`kk.run_strategy`, the chat backend, the experiment) resolves the engine it runs on."""
+    return engine if engine is not None else ModelRegistry.get_engine()
 
 
 def _load_key(model_path: str, overrides: dict[str, Any]) -> tuple:

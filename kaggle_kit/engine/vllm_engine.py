@@ -183,36 +183,27 @@ class VLLMEngine:
         return result
 
     def stream(self, prompt_ids: Sequence[int], sampling: SamplingSpec) -> Iterator[tuple[str, tuple[int, ...], str | None]]:
-        """Yield (text_delta, token_ids_delta, finish_reason) as the engine steps.
-
-        Drives the engine one step at a time, so the first piece arrives after the
-        first decoding step rather than when the whole answer is done. Closing the
-        generator early aborts the request and frees its KV cache.
-        """
+        """Yield (text_delta, token_ids_delta, finish_reason) as the engine steps: a loop over
+        `add` / `step` / `abort`, so the first piece arrives after the first decoding step rather
+        than when the whole answer is done. Closing the generator early aborts the request and
+        frees its KV cache."""
         if sampling.n != 1:
             raise ValueError("stream() generates one sequence; use generate() for n > 1")
-        from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
-
-        engine = self.llm.llm_engine
         rid = f"kk-stream-{next(_stream_ids)}"
-        params = to_sampling_params(sampling, output_kind=RequestOutputKind.DELTA)
         with self.lock:
-            engine.add_request(rid, TokensPrompt(prompt_token_ids=list(prompt_ids)), params)
+            self.add(rid, prompt_ids, sampling, stream=True)
             finished = False
             try:
-                while not finished and engine.has_unfinished_requests():
-                    for ro in engine.step():
-                        if ro.request_id != rid:
+                while not finished and self.has_unfinished():
+                    for ev in self.step():
+                        if ev.request_id != rid:
                             continue
-                        out = ro.outputs[0]
-                        finished = ro.finished
-                        if out.text or out.token_ids or finished:
-                            yield out.text, tuple(out.token_ids), (out.finish_reason if finished else None)
+                        finished = ev.finished
+                        if ev.text or ev.token_ids or finished:
+                            yield ev.text, ev.token_ids, ev.finish_reason
             finally:
                 if not finished:
-                    engine.abort_request([rid])
-
+                    self.abort([rid])
 
     # -- driven step by step (the service's worker) ------------------------------
     # The caller holds `self.lock` around add/step/abort, so no other caller's

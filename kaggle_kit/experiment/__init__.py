@@ -1,6 +1,6 @@
 """The kernel experiment: one pipeline for the notebook and `kernels-eval run`.
 
-    cfg = ExperimentConfig(experiment_name="e1", strategy="beam_search", device="cuda", deadline="kaggle")
+    cfg = ExperimentConfig.of(experiment_name="e1", strategy="beam_search", device="cuda", deadline="kaggle")
     run(cfg)                          # generate, evaluate, record (resumable); then
     load_tables(cfg.folder)           # results / candidates / steps DataFrames over the records
 
@@ -61,7 +61,7 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[s
     parts = []
     for s, sc, v in points:
         name = point_folder(s, sc, v, grid)
-        cfg = ExperimentConfig(experiment_name=name, out_dir=str(out_dir), problems=problems, strategy=s,
+        cfg = ExperimentConfig.of(experiment_name=name, out_dir=str(out_dir), problems=problems, strategy=s,
                                scorer=sc, device=device, evaluate=evaluate_kernels,
                                evaluate_candidates=evaluate_candidates, thinking=thinking, deadline=deadline,
                                workers=workers, verifier=v, refine_rounds=refine_rounds, refine_width=refine_width,

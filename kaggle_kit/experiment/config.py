@@ -1,26 +1,24 @@
-"""One config for a kernel experiment, shared by the notebook and `kernels-eval run`."""
+"""One config for a kernel experiment, shared by the notebook and `kernels-eval run`: its fields (and
+its TTSParams') are the command's flags, each with its one default."""
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from kaggle_kit.config import ConfigError
-from kaggle_kit.tts.aggregation import AGGREGATIONS
-from kaggle_kit.tts.params import STRATEGIES, WIRE_FIELDS, TTSParams, wire_name
-from kaggle_kit.tts.scorers import SCORERS
+from kaggle_kit.config import ConfigError, add_field_arguments
+from kaggle_kit.tts.params import NAMES as TTS_NAMES
+from kaggle_kit.tts.params import TTSParams, wire_name
 
-# Settings that change what a record means: a rerun must agree on them to resume.
-# (Problems and samples may grow: items are keyed by them. Whether to evaluate, and
-# workers, batch size, deadline and the like change how much or how fast, not what.)
-RESULT_FIELDS = ("strategy", "scorer", "num_trajectories", "candidates_per_step", "beam_size", "max_steps",
-                 "score_aggregation", "window_size", "stop_score", "warmup_traces", "temperature", "top_p", "top_k", "max_tokens", "seed", "thinking",
-                 "device", "verifier", "trials", "problems_dir", "level", "model",
+# The run's own settings that change what a record means: a rerun must agree on them (and on every
+# TTS parameter but the seed, which the run sets per item) to resume. Problems and samples may grow:
+# items are keyed by them. Whether to evaluate, and workers, batch size, deadline and the like change
+# how much or how fast, not what.
+RESULT_FIELDS = ("seed", "device", "verifier", "trials", "problems_dir", "level", "model",
                  "refine_rounds", "refine_width", "target_speedup")
-
-
-_TTS = TTSParams()  # the one set of TTS defaults: the library's, the service's and a run's
+_RECORDED_AS = {"enable_thinking": "thinking"}  # a TTS parameter's name in run.json, where it differs
+VERIFIERS = ("uncertainty", "execution")
 
 
 def _opt(default=None, help: str = "", flag: str | None = None, **argparse_kw):
@@ -31,15 +29,10 @@ def _opt(default=None, help: str = "", flag: str | None = None, **argparse_kw):
     return field(default=default, metadata=meta)
 
 
-def _tts(name: str, help: str, **kw):
-    """A TTS parameter: TTSParams' default, and the service's request name (tts_<name>) as its flag."""
-    wire = wire_name(name) if name in WIRE_FIELDS else None
-    return _opt(getattr(_TTS, name), help, flag=wire, **kw)
-
-
 @dataclass
 class ExperimentConfig:
-    """One kernel experiment; its fields are also `kernels-eval run`'s flags (`add_arguments`)."""
+    """One kernel experiment. `ExperimentConfig.of(...)` also takes the TTS parameters flat
+    (strategy=..., num_trajectories=...); `kernels-eval run`'s flags are these fields and TTSParams'."""
 
     experiment_name: str = _opt("latest", "records go to OUT_DIR/EXPERIMENT_NAME/records.jsonl", required=True)
     out_dir: str = _opt("runs", "the folder of experiment folders")
@@ -49,30 +42,14 @@ class ExperimentConfig:
     problems_dir: str | None = _opt(None, "a directory of KernelBench problems (default: the bundled set)", flag="problems")
     level: int | None = _opt(None, "KernelBench level (1, 2, 3) in --problems", type=int)
     num_samples: int = _opt(1, "samples per problem")
-    # test-time scaling (the seed's names; the flags are the service's tts_* request fields)
-    strategy: str = _tts("strategy", "search strategy", choices=STRATEGIES)
-    scorer: str = _tts("scorer", "uncertainty scorer", choices=SCORERS)
-    num_trajectories: int = _tts("num_trajectories", "offline_bon: N")
-    candidates_per_step: int = _tts("candidates_per_step", "online_bon / beam_search / dvts: candidates per step")
-    beam_size: int = _tts("beam_size", "beam_search: beams kept; dvts: independent subtrees")
-    max_steps: int = _tts("max_steps", "steps per answer")
-    score_aggregation: str = _tts("score_aggregation", "how step scores make an answer's score", choices=AGGREGATIONS)
-    window_size: int | None = _tts("window_size", "aggregate over the last W step scores", type=int)
-    stop_score: float = _tts("stop_score", "adaptive_bon: stop once the best answer's score reaches this")
-    warmup_traces: int = _tts("warmup_traces", "deepconf: whole answers that set the bar the other traces must keep")
-    temperature: float = _tts("temperature", "sampling temperature")
-    top_p: float = _tts("top_p", "nucleus sampling")
-    top_k: int = _tts("top_k", "top-k sampling")
-    max_tokens: int = _tts("max_tokens", "tokens per trajectory")
+    tts: TTSParams = field(default_factory=TTSParams)  # the search (its own defaults; its seed is set per item)
     seed: int = _opt(0, "each sample, round and branch samples with seed + its offset")
-    thinking: bool = _opt(False, "Qwen3's thinking mode")
     # evaluation
     device: str = _opt("cuda", "where kernels are evaluated", choices=["cpu", "cuda"])
     evaluate: bool = _opt(True, "build and run the kernels")
     evaluate_candidates: bool = _opt(True, "evaluate every finished candidate, not only the chosen answer "
                                            "(the plots' AUROC)", flag="chosen_only")
-    verifier: str = _opt("uncertainty", "pick among candidates by their score, or by running them",
-                         choices=["uncertainty", "execution"])
+    verifier: str = _opt("uncertainty", "pick among candidates by their score, or by running them", choices=VERIFIERS)
     trials: int = _opt(5, "timed trials per kernel")
     run_timeout: float = _opt(180.0, "seconds a kernel's run may take", flag="timeout")
     compile_timeout: float = _opt(600.0, "seconds a kernel's build may take")
@@ -90,10 +67,12 @@ class ExperimentConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
-        if self.verifier not in ("uncertainty", "execution"):
-            raise ConfigError(f"verifier must be 'uncertainty' or 'execution', got {self.verifier!r}")
+        if isinstance(self.tts, dict):  # as run.json writes it
+            self.tts = _tts_params(self.tts)
+        if not isinstance(self.tts, TTSParams):
+            raise ConfigError(f"tts must be a TTSParams, got {type(self.tts).__name__}")
+        if self.verifier not in VERIFIERS:
+            raise ConfigError(f"verifier must be one of {', '.join(VERIFIERS)}, got {self.verifier!r}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         for name in ("num_samples", "batch_size", "refine_rounds", "refine_width", "trials"):
@@ -106,51 +85,74 @@ class ExperimentConfig:
     def folder(self) -> Path:
         return Path(self.out_dir) / self.experiment_name if self.experiment_name else Path(self.out_dir)
 
-    def tts_params(self) -> dict[str, Any]:
-        """The TTSParams this run searches with (the seed is set per item: experiment/generate.py)."""
-        shared = {f.name: getattr(self, f.name) for f in fields(self)
-                  if f.name in TTSParams.__dataclass_fields__ and f.name != "seed"}
-        return {**shared, "enable_thinking": self.thinking}
+    def search_params(self, seed: int | None) -> TTSParams:
+        """The TTSParams one item searches with (its own seed: experiment/generate.py)."""
+        return replace(self.tts, seed=seed)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in RESULT_FIELDS}
+        tts = {_RECORDED_AS.get(k, k): v for k, v in self.tts.to_dict().items() if k != "seed"}
+        return {**tts, **{k: getattr(self, k) for k in RESULT_FIELDS}}
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "api_key"}
 
     @classmethod
     def of(cls, **kwargs) -> "ExperimentConfig":
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(kwargs) - known)
+        """The config, with the TTS parameters given flat (also `thinking` for enable_thinking)."""
+        own = {f.name for f in fields(cls)}
+        search = {k: kwargs.pop(k) for k in list(kwargs) if k in _FLAT_TTS}
+        bad = sorted(set(kwargs) - own)
         if bad:
-            raise ConfigError(f"unknown experiment setting(s) {bad}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown experiment setting(s) {bad}; known: {', '.join(sorted(own | set(_FLAT_TTS)))}")
+        if search:
+            kwargs["tts"] = _tts_params({**(asdict(kwargs["tts"]) if "tts" in kwargs else {}), **search})
         return cls(**kwargs)
 
 
+_FLAT_TTS = {_RECORDED_AS.get(n, n): n for n in TTS_NAMES if n != "seed"}  # flat name -> TTSParams field
+
+
+def _tts_params(given: dict) -> TTSParams:
+    try:
+        return TTSParams.of(**{_FLAT_TTS.get(k, k): v for k, v in given.items()})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def differences(theirs: dict, mine: dict) -> dict[str, tuple]:
+    """Settings two fingerprints disagree on, {name: (theirs, mine)}. A setting one of them lacks (made
+    before it existed) counts as its default: the records were made with it."""
+    defaults = json.loads(json.dumps(ExperimentConfig().fingerprint()))
+    theirs, mine = (json.loads(json.dumps(x)) for x in (theirs, mine))  # tuples and lists compare alike
+    keys = sorted(set(theirs) | set(mine))
+    return {k: (theirs.get(k, defaults.get(k)), mine.get(k, defaults.get(k))) for k in keys
+            if theirs.get(k, defaults.get(k)) != mine.get(k, defaults.get(k))}
+
+
+def _run_flag(f) -> list[str]:
+    flag = f.metadata.get("flag")
+    if f.type in ("bool", bool) and f.default is True and not flag:
+        return [f"--no_{f.name}"]  # a switch away from the default
+    return [f"--{flag or f.name}"]
+
+
+def _tts_flag(f) -> list[str]:
+    return [f"--{wire_name(f.name) if f.metadata['wire'] else f.metadata.get('flag', f.name)}"]
+
+
 def add_arguments(parser) -> None:
-    """`kernels-eval run`'s flags: one per ExperimentConfig field that has one, its default the field's."""
-    for f in fields(ExperimentConfig):
-        if "help" not in f.metadata:
-            continue
-        meta = dict(f.metadata)
-        flag, help = meta.pop("flag"), meta.pop("help")
-        name = flag or f.name
-        default = f.default if f.default is not MISSING else None
-        if f.type in ("bool", bool):  # a switch away from the default: --name, or --no_name (or its own flag)
-            if default:
-                name = flag or f"no_{f.name}"
-            parser.add_argument(f"--{name}", dest=f.name, action="store_false" if default else "store_true", help=help)
-            continue
-        if "type" not in meta and "action" not in meta and default is not None:
-            meta["type"] = type(default)
-        if meta.pop("required", False):
-            meta["required"] = True
-        shown = f"{help} (default: {default})" if default is not None else help
-        parser.add_argument(f"--{name}", dest=f.name, default=default, help=shown, **meta)
+    """`kernels-eval run`'s flags: one per ExperimentConfig field that has help, and one per TTS parameter
+    (named as the service's request field, tts_<name>, for the search's own), each defaulting to its field."""
+    add_field_arguments(parser, ExperimentConfig, names=_run_flag)
+    add_field_arguments(parser, TTSParams, names=_tts_flag, dest=lambda f: "tts." + f.name,
+                        skip=lambda f: "flag" in f.metadata and f.metadata["flag"] is None)
 
 
 def from_arguments(args) -> "ExperimentConfig":
-    return ExperimentConfig(**{f.name: getattr(args, f.name) for f in fields(ExperimentConfig) if hasattr(args, f.name)})
+    given = vars(args)
+    tts = {k[4:]: v for k, v in given.items() if k.startswith("tts.") and v is not None}
+    return ExperimentConfig(tts=_tts_params(tts),
+                            **{f.name: given[f.name] for f in fields(ExperimentConfig) if f.name in given})
 
 
 def shard_of(names: list[str], index: int, count: int) -> list[str]:
@@ -177,18 +179,15 @@ def parse_shard(text: str) -> tuple[int, int]:
 def check_resumable(cfg: ExperimentConfig) -> None:
     """Write run.json on a fresh folder; refuse to mix records made with other result settings."""
     path = cfg.folder / "run.json"
-    mine = json.loads(json.dumps(cfg.fingerprint()))  # JSON round trip: tuples and lists compare alike
     if path.exists():
-        theirs = json.loads(path.read_text()).get("fingerprint", {})
-        # A setting added after the records were made matches them at its default (they were made with it).
-        defaults = {f.name: f.default for f in fields(ExperimentConfig)}
-        differ = {k: (theirs.get(k, defaults.get(k)), v) for k, v in mine.items() if theirs.get(k, defaults.get(k)) != v}
+        differ = differences(json.loads(path.read_text()).get("fingerprint", {}), cfg.fingerprint())
         if differ:
-            what = "; ".join(f"{k}={b!r} (the records have {a!r})" for k, (a, b) in sorted(differ.items()))
+            what = "; ".join(f"{k}={b!r} (the records have {a!r})" for k, (a, b) in differ.items())
             raise ConfigError(f"{cfg.folder} holds records made with other settings: {what}. Resuming would mix "
                               f"incompatible results: use another experiment name (or out_dir), or delete {cfg.folder}")
         return
     cfg.folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    mine = json.loads(json.dumps(cfg.fingerprint()))
     tmp.write_text(json.dumps({"fingerprint": mine, "config": cfg.to_dict()}, indent=2) + "\n")
     tmp.replace(path)

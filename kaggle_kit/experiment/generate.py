@@ -27,7 +27,7 @@ class Job:
     branch: str = ""
 
     def key(self, cfg: ExperimentConfig) -> str:
-        return item_key(self.problem.name, self.sample, cfg.strategy, self.round, self.branch)
+        return item_key(self.problem.name, self.sample, cfg.tts.strategy, self.round, self.branch)
 
 
 def job_seed(cfg: ExperimentConfig, job: Job) -> int:
@@ -43,8 +43,8 @@ def _tree_rows(result) -> list[dict]:
 
 def make_record(cfg: ExperimentConfig, job: Job, candidates: list[Candidate], chosen: int = 0, tts: dict | None = None,
                 steps: list | None = None, seconds: float = 0.0) -> GeneratedRecord:
-    return GeneratedRecord(key=job.key(cfg), problem=job.problem.name, sample=job.sample, strategy=cfg.strategy,
-                           scorer=cfg.scorer, chosen=chosen, candidates=candidates, round=job.round, parent=job.parent,
+    return GeneratedRecord(key=job.key(cfg), problem=job.problem.name, sample=job.sample, strategy=cfg.tts.strategy,
+                           scorer=cfg.tts.scorer, chosen=chosen, candidates=candidates, round=job.round, parent=job.parent,
                            parent_candidate=job.parent_candidate, branch=job.branch, prompt=job.messages,
                            tts=tts or {}, steps=steps or [], generation_s=seconds)
 
@@ -59,8 +59,8 @@ def generate_local(cfg: ExperimentConfig, jobs: list[Job], engine=None) -> list[
         by_seed.setdefault(job_seed(cfg, job), []).append(i)
     for seed, idx in by_seed.items():
         t = time.perf_counter()
-        results = run_strategy_batch([jobs[i].messages for i in idx], engine=engine, seed=seed, progress=False,
-                                     **cfg.tts_params())
+        results = run_strategy_batch([jobs[i].messages for i in idx], engine=engine, progress=False,
+                                     params=cfg.search_params(seed))
         each = (time.perf_counter() - t) / len(idx)
         for i, r in zip(idx, results):
             cands = [Candidate(k, c.text, _finite(c.aggregated_score), c.completion_reason.value, c.num_tokens,
@@ -75,19 +75,19 @@ def generate_remote(cfg: ExperimentConfig, jobs: list[Job]) -> list[GeneratedRec
     """Through the service: the requests go out together, so its worker batches them."""
     from openai import OpenAI
 
-    from kaggle_kit.tts.params import TTSParams
-
-    params = TTSParams.of(**cfg.tts_params())  # checked here, not by a 400 for every item
+    p = cfg.tts
     client = OpenAI(base_url=cfg.service_url, api_key=cfg.api_key, timeout=3600, max_retries=2)
     model = cfg.model or client.models.list().data[0].id
 
     def one(job: Job) -> GeneratedRecord:
-        extra = {**params.to_wire(), "top_k": cfg.top_k}
-        if cfg.thinking:
+        extra = {**p.to_wire(), "top_k": p.top_k}
+        if p.stop:
+            extra["stop"] = list(p.stop)
+        if p.enable_thinking:
             extra["chat_template_kwargs"] = {"enable_thinking": True}
         t = time.perf_counter()
-        r = client.chat.completions.create(model=model, messages=job.messages, temperature=cfg.temperature,
-                                           top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+        r = client.chat.completions.create(model=model, messages=job.messages, temperature=p.temperature,
+                                           top_p=p.top_p, max_tokens=p.max_tokens,
                                            seed=job_seed(cfg, job), extra_body=extra)
         meta = r.model_dump().get("tts_metadata") or {}
         text = r.choices[0].message.content or ""

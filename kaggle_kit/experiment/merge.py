@@ -16,6 +16,7 @@ from pathlib import Path
 from kernels_eval.records import EvaluatedRecord, GeneratedRecord, RecordStore
 
 from kaggle_kit.config import ConfigError
+from kaggle_kit.experiment.config import differences
 
 RUN_FILE, RECORDS = "run.json", "records.jsonl"
 
@@ -59,9 +60,9 @@ def merge_run(copies: list[Path], dest: Path) -> MergedRun:
         prints[str(dest)] = _fingerprint(dest)
     first_path, first = next(iter(prints.items()))
     for path, fp in prints.items():
-        differ = sorted(k for k in set(first) | set(fp) if first.get(k) != fp.get(k))
+        differ = differences(first, fp)
         if differ:
-            what = "; ".join(f"{k}: {first.get(k)!r} in {first_path} vs {fp.get(k)!r} in {path}" for k in differ)
+            what = "; ".join(f"{k}: {a!r} in {first_path} vs {b!r} in {path}" for k, (a, b) in differ.items())
             raise ConfigError(f"cannot merge runs made with other settings: {what}")
     gen: dict[str, GeneratedRecord] = {}
     ev: dict[str, EvaluatedRecord] = {}

@@ -65,7 +65,7 @@ def next_jobs(cfg: ExperimentConfig, runner: Runner, items: list[tuple[Generated
         for g, ev in pairs[: cfg.refine_width]:
             problem = runner.problems[g.problem]
             text = feedback(ev.result, ev.parse_status, cfg.target_speedup)
-            messages = build_refinement_messages(problem, cfg.device, g.candidates[ev.index].text, text, cfg.thinking)
+            messages = build_refinement_messages(problem, cfg.device, g.candidates[ev.index].text, text, cfg.tts.enable_thinking)
             branch = f"{g.branch}.{ev.index}" if g.branch else str(ev.index)
             jobs.append(Job(problem, g.sample, messages, round=round_, parent=g.key, parent_candidate=ev.index,
                             branch=branch))

@@ -31,7 +31,6 @@ from kernels_eval.records import EvaluatedRecord, Evaluation, GeneratedRecord, R
 from kaggle_kit.experiment.config import ExperimentConfig, check_resumable
 from kaggle_kit.experiment.deadline import deadline, describe
 from kaggle_kit.experiment.generate import Job, generate_local, generate_remote
-from kaggle_kit.tts.params import SHAPES, sequences_in_flight
 
 RECORDS = "records.jsonl"
 # Until a batch has been measured: seconds per generated token (a 14B AWQ model on two T4s
@@ -136,7 +135,7 @@ class Runner:
 
     # -- estimates -----------------------------------------------------------------------------
     def _tokens_per_item(self) -> int:
-        return sequences_in_flight(self.cfg) * self.cfg.max_tokens
+        return self.cfg.tts.in_flight * self.cfg.tts.max_tokens
 
     def seconds_per_item(self) -> tuple[float, float]:
         """(generation, evaluation) seconds per item: measured once a batch has run, else upper bounds."""
@@ -262,8 +261,8 @@ class Runner:
 def item_seconds(cfg: ExperimentConfig, workers: int) -> tuple[float, float]:
     """(generation, evaluation) seconds per item before anything is measured: upper bounds from the
     tokens a strategy keeps in flight and the candidates it builds (also the shard planner's estimate)."""
-    gen = sequences_in_flight(cfg) * cfg.max_tokens / DEFAULT_TOKENS_PER_S[cfg.device] / max(1, cfg.batch_size)
-    width = 1 + (SHAPES[cfg.strategy].finalists(cfg) - 1) * (cfg.evaluate_candidates or cfg.verifier == "execution")
+    gen = cfg.tts.in_flight * cfg.tts.max_tokens / DEFAULT_TOKENS_PER_S[cfg.device] / max(1, cfg.batch_size)
+    width = 1 + (cfg.tts.finalists - 1) * (cfg.evaluate_candidates or cfg.verifier == "execution")
     return gen, (width * DEFAULT_BUILD_S[cfg.device] / max(1, workers) if cfg.evaluate else 0.0)
 
 
@@ -281,7 +280,7 @@ def _local_engine(model: str | None):
 
 
 def initial_jobs(cfg: ExperimentConfig, problems: dict[str, Problem]) -> list[Job]:
-    return [Job(p, s, build_messages(p, cfg.device, cfg.thinking)) for p in problems.values()
+    return [Job(p, s, build_messages(p, cfg.device, cfg.tts.enable_thinking)) for p in problems.values()
             for s in range(cfg.num_samples)]
 
 

@@ -13,7 +13,6 @@ Errors have the /v1 shape: 404 unknown node or message, 400 bad input, 503 no ba
 from __future__ import annotations
 
 import json
-from typing import Callable
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -48,8 +47,25 @@ def _options(body: NewMessage) -> dict:
                               ("enable_thinking", body.enable_thinking)) if v is not None}
 
 
-def router(store_provider: Callable, client_provider: Callable, auth) -> APIRouter:
-    api = APIRouter(prefix="/api", dependencies=[Depends(auth)])
+def router(subchat_store=None, subchat_client=None, auth=None) -> APIRouter:
+    """The /api routes over `subchat_store` (a path or a store; default `kk.subchat.open_store()`),
+    answered by `subchat_client` (default: the backend chain); both made on first use."""
+    api = APIRouter(prefix="/api", dependencies=[Depends(auth)] if auth else [])
+    lazy: dict = {}
+
+    def store_provider():
+        if "store" not in lazy:
+            from kaggle_kit.subchat.store import SubchatStore, open_store
+
+            lazy["store"] = subchat_store if isinstance(subchat_store, SubchatStore) else open_store(subchat_store)
+        return lazy["store"]
+
+    def client_provider():
+        if "client" not in lazy:
+            from kaggle_kit.chat.client import SimpleLLMClient
+
+            lazy["client"] = subchat_client or SimpleLLMClient()
+        return lazy["client"]
 
     def node(node_id: int):
         try:

@@ -1,9 +1,10 @@
 """One thread owns the engine and drives it step by step for every live request.
 
-Each request is a job: plain generation (one sequence) or a TTS strategy (the same
-generator `kk.run_strategy` runs; every round is a set of single-sample sequences).
-Jobs' sequences wait in per-job queues; before every engine step the scheduler decides
-which of them are in the engine:
+Each request is a job: a `PlainJob` (one sampled sequence) or a `TTSJob` (the same strategy
+generator `kk.run_strategy` runs; every round is a set of single-sample sequences). A job tells
+the worker what it has ready to run and turns engine output into its events (`Delta`, then `Done`
+or `Failed`). Jobs' sequences wait in per-job queues; before every engine step the scheduler
+decides which of them are in the engine:
 
 - the engine holds at most `slots` sequences (default: what its KV cache holds at full
   length);
@@ -32,10 +33,10 @@ import os
 import queue
 import threading
 import time
-from typing import Any
 
-from kaggle_kit.chat.messages import ThinkSplitter
-from kaggle_kit.engine.types import GenerationRequest, SamplingSpec
+from kaggle_kit.engine.chat_template import ThinkSplitter
+from kaggle_kit.engine.types import Engine, GenerationRequest, SamplingSpec, StepEvent
+from kaggle_kit.tts.results import StrategyResult
 from kaggle_kit.tts.search import Search
 from kaggle_kit.tts.strategies import STRATEGY_FUNCS, build_result
 
@@ -48,56 +49,209 @@ class Busy(RuntimeError):
     """The worker's queue is full."""
 
 
-@dataclasses.dataclass
-class Event:
-    kind: str  # "delta" (text), "done" (payload: dict or StrategyResult), "error" (payload: exception)
-    text: str = ""
-    payload: Any = None
+# -- what a job reports -------------------------------------------------------------------------
 
+@dataclasses.dataclass
+class PlainAnswer:
+    """A plain request's finished answer (its text already streamed when it was streamed)."""
+    text: str
+    finish_reason: str | None
+    completion_tokens: int
+    thinking: str = ""
+
+
+@dataclasses.dataclass
+class Delta:
+    text: str
+
+
+@dataclasses.dataclass
+class Done:
+    result: PlainAnswer | StrategyResult
+
+
+@dataclasses.dataclass
+class Failed:
+    error: BaseException
+
+
+Event = Delta | Done | Failed
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequence:
+    """One single-sample engine request a job wants run (paused ones run again under a fresh id)."""
+    rid: str
+    prompt_ids: tuple[int, ...]
+    spec: SamplingSpec
+    stream: bool = False
+
+
+# -- jobs ---------------------------------------------------------------------------------------------
 
 class Job:
-    def __init__(self, loop: asyncio.AbstractEventLoop, prompt_ids, *, stream: bool,
-                 spec: SamplingSpec | None = None, search: Search | None = None):
+    """What every job has: its id, events, cancel flag, and its sequences (waiting and in the engine)."""
+
+    interactive = False  # plain requests are: the scheduler always lets them in
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, prompt_ids, *, stream: bool):
         self.id = f"{_run}{next(_job_ids):05d}"
         self.loop, self.prompt_ids, self.stream = loop, tuple(prompt_ids), stream
-        self.spec, self.search = spec, search
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = threading.Event()
         self.start = time.perf_counter()
-        self.rids: set[str] = set()  # sequences in the engine
-        self.pending: collections.deque = collections.deque()  # (rid, prompt_ids, spec, stream) waiting for a slot
-        self.requests: dict[str, tuple] = {}  # rid -> (prompt_ids, spec, stream): what a paused sequence needs
+        self.running: dict[str, Sequence] = {}  # in the engine
+        self.pending: collections.deque[Sequence] = collections.deque()  # waiting for a slot
         self.paused = 0
-        # plain generation
-        self.tokens = 0
-        self.splitter = ThinkSplitter()
-        # tts
-        self.gen = None
-        self.slots: dict[str, tuple[int, int]] = {}
-        self.outs: list[list] = []
-        self.round = 0
-        self.emitted = ""  # fixed text already streamed
+        self.metrics = None  # the service's metrics, set by the worker that runs it
 
-    @property
-    def is_tts(self) -> bool:
-        return self.search is not None
-
-    @property
-    def strategy(self) -> str:
-        return self.search.p.strategy if self.search is not None else "plain"
+    strategy = "plain"
 
     def post(self, event: Event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
+    def begin(self, tokenizer) -> None:
+        """Queue the first sequences."""
+        raise NotImplementedError
 
-def default_slots(engine) -> int:
+    def on_output(self, ev: StepEvent, tokenizer) -> None:
+        """Take one engine event for one of this job's sequences (it has already left `running` if finished)."""
+        raise NotImplementedError
+
+    def generated_tokens(self, ev: StepEvent) -> int:
+        return ev.completion.num_tokens if ev.finished and ev.completion is not None else 0
+
+    def renamed(self, old: str, new: str) -> None:
+        """A paused sequence runs again under a fresh id."""
+
+    def close(self) -> None:
+        """The job ends early (failed or cancelled)."""
+
+    @property
+    def finished(self) -> bool:
+        return not self.running and not self.pending
+
+
+class PlainJob(Job):
+    interactive = True
+
+    def __init__(self, loop, prompt_ids, spec: SamplingSpec, *, stream: bool):
+        super().__init__(loop, prompt_ids, stream=stream)
+        self.spec = spec
+        self.tokens = 0
+        self.splitter = ThinkSplitter()
+
+    def begin(self, tokenizer) -> None:
+        self.pending.append(Sequence(self.id, self.prompt_ids, self.spec, self.stream))
+
+    def generated_tokens(self, ev: StepEvent) -> int:
+        return len(ev.token_ids) if self.stream else super().generated_tokens(ev)
+
+    def on_output(self, ev: StepEvent, tokenizer) -> None:
+        if self.stream:
+            self.tokens += len(ev.token_ids)
+            piece = self.splitter.feed(ev.text)
+            if piece:
+                self.post(Delta(piece))
+        if not ev.finished:
+            return
+        log.info("[%s] finished: %s", self.id, ev.finish_reason)
+        if self.stream:
+            tail = self.splitter.finish()
+            if tail:
+                self.post(Delta(tail))
+            self.post(Done(PlainAnswer("", ev.finish_reason, self.tokens, self.splitter.thinking.strip())))
+        else:
+            c = ev.completion
+            self.post(Done(PlainAnswer(c.text, c.finish_reason, c.num_tokens)))
+
+
+class TTSJob(Job):
+    def __init__(self, loop, prompt_ids, search: Search, *, stream: bool):
+        super().__init__(loop, prompt_ids, stream=stream)
+        self.search = search
+        self.gen = None
+        self.slots: dict[str, tuple[int, int]] = {}  # rid -> (request, sample) of the current round
+        self.outs: list[list] = []
+        self.round = 0
+        self.emitted = ""  # fixed text already streamed
+        self.splitter = ThinkSplitter()
+
+    @property
+    def strategy(self) -> str:
+        return self.search.p.strategy
+
+    def begin(self, tokenizer) -> None:
+        self.gen = STRATEGY_FUNCS[self.strategy](self.search, tokenizer)
+        self._advance(None, tokenizer)
+
+    def on_output(self, ev: StepEvent, tokenizer) -> None:
+        if not ev.finished:
+            return
+        i, k = self.slots.pop(ev.request_id)
+        self.outs[i][k] = ev.completion
+        if not self.slots:  # the whole round is back
+            self._advance(self.outs, tokenizer)
+
+    def renamed(self, old: str, new: str) -> None:
+        """A paused sequence runs again under a fresh id: its round slot follows it."""
+        if old in self.slots:
+            self.slots[new] = self.slots.pop(old)
+
+    def close(self) -> None:
+        if self.gen is not None:
+            self.gen.close()
+
+    def _advance(self, outputs, tokenizer) -> None:
+        try:
+            reqs: list[GenerationRequest] = self.gen.send(outputs)
+        except StopIteration as stop:
+            result = build_result(self.search, *stop.value, time.perf_counter() - self.start, tokenizer)
+            if self.stream:
+                self._stream_fixed(tokenizer, final_text=result.text)
+            log.info("[%s] finished: %s after %d rounds", self.id, result.completion_reason.value, self.round)
+            self.post(Done(result))
+            return
+        if self.stream:
+            self._stream_fixed(tokenizer)
+        self.round += 1
+        if self.metrics is not None:
+            self.metrics.tts_rounds.labels(self.strategy).inc()
+        self.outs = [[None] * r.sampling.n for r in reqs]
+        for i, r in enumerate(reqs):
+            for k, spec in enumerate(r.samples()):  # the fan-out VLLMEngine.generate uses too
+                rid = f"{self.id}-{self.round}-{i}-{k}"
+                self.slots[rid] = (i, k)
+                self.pending.append(Sequence(rid, r.prompt_ids, spec))
+
+    def _stream_fixed(self, tokenizer, final_text: str | None = None) -> None:
+        """Stream the text no later step can change (and, at the end, the rest of the answer)."""
+        if final_text is None:
+            ids = [t for s in self.search.fixed for t in s.token_ids]
+            text = tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
+        else:
+            text = final_text
+        if text.startswith(self.emitted) and len(text) > len(self.emitted):
+            piece = self.splitter.feed(text[len(self.emitted):])
+            self.emitted = text
+            if piece:
+                self.post(Delta(piece))
+        if final_text is not None:
+            tail = self.splitter.finish()
+            if tail:
+                self.post(Delta(tail))
+
+
+def default_slots(engine: Engine) -> int:
     """Sequences the engine holds at once: what its KV cache holds at full length (4..64)."""
     kv = getattr(engine, "kv_cache_tokens", None) or 0
     return max(4, min(64, kv // max(1, engine.max_model_len))) if kv else 16
 
 
+# -- the worker ---------------------------------------------------------------------------------------
+
 class EngineWorker:
-    def __init__(self, engine, max_active: int = 32, max_queued: int = 64, slots: int | None = None,
+    def __init__(self, engine: Engine, max_active: int = 32, max_queued: int = 64, slots: int | None = None,
                  interactive_share: int = 1, metrics=None, grace_s: float = 0.5):
         self.engine = engine
         self.max_active, self.max_queued = max_active, max_queued
@@ -177,7 +331,7 @@ class EngineWorker:
             for job in list(self.active.values()):
                 self._fail(job, Busy("the server is shutting down"))
             while not self.incoming.empty():
-                self.incoming.get_nowait().post(Event("error", payload=Busy("the server is shutting down")))
+                self.incoming.get_nowait().post(Failed(Busy("the server is shutting down")))
             self._release()
 
     def _release(self) -> None:
@@ -197,52 +351,44 @@ class EngineWorker:
         while len(self.active) < self.max_active and not self.incoming.empty():
             job = self.incoming.get_nowait()
             if job.cancelled.is_set():
-                job.post(Event("error", payload=asyncio.CancelledError()))
+                job.post(Failed(asyncio.CancelledError()))
                 continue
             self.active[job.id] = job
             log.info("[%s] started: %s, %d prompt tokens", job.id, job.strategy, len(job.prompt_ids))
+            job.metrics = self.metrics
             try:
-                if job.is_tts:
-                    job.gen = STRATEGY_FUNCS[job.search.p.strategy](job.search, self.engine.tokenizer)
-                    self._advance(job, None)
-                else:
-                    self._queue(job, job.id, job.prompt_ids, job.spec, job.stream)
+                job.begin(self.engine.tokenizer)
+                self._retire_if_done(job)
             except Exception as e:
                 log.exception("[%s] failed to start", job.id)
                 self._fail(job, e)
 
     # -- slots ------------------------------------------------------------------------
-    def _queue(self, job: Job, rid: str, prompt_ids, spec: SamplingSpec, stream: bool = False, front=False) -> None:
-        item = (rid, tuple(prompt_ids), spec, stream)
-        job.pending.appendleft(item) if front else job.pending.append(item)
-
-    def _add(self, job: Job, item) -> None:
-        rid, prompt_ids, spec, stream = item
-        self.engine.add(rid, prompt_ids, spec, stream=stream)
-        self.owner[rid] = job
-        job.rids.add(rid)
-        job.requests[rid] = (prompt_ids, spec, stream)
+    def _add(self, job: Job, seq: Sequence) -> None:
+        self.engine.add(seq.rid, seq.prompt_ids, seq.spec, stream=seq.stream)
+        self.owner[seq.rid] = job
+        job.running[seq.rid] = seq
 
     def _schedule(self) -> None:
-        interactive = [j for j in self.active.values() if not j.is_tts]
-        big = [j for j in self.active.values() if j.is_tts]
+        interactive = [j for j in self.active.values() if j.interactive]
+        big = [j for j in self.active.values() if not j.interactive]
         for j in interactive:  # always let in: one sequence each
             while j.pending:
                 self._add(j, j.pending.popleft())
         if not big:
             return
-        in_use = sum(len(j.rids) for j in interactive)
+        in_use = sum(len(j.running) for j in interactive)
         now = time.monotonic()
-        if any(j.rids for j in interactive):
+        if any(j.running for j in interactive):
             self._last_interactive = now
         waiting = now - self._last_interactive < self.grace_s
         quota = self.interactive_share if waiting else max(1, (self.slots - in_use) // len(big))
         for j in big:
             if waiting:
-                self._pause(j, len(j.rids) - quota)
-        free = self.slots - sum(len(j.rids) for j in self.active.values())
-        for j in sorted(big, key=lambda j: len(j.rids)):  # the job with the fewest sequences first
-            while len(j.rids) < quota and j.pending and (free > 0 or not j.rids):
+                self._pause(j, len(j.running) - quota)
+        free = self.slots - sum(len(j.running) for j in self.active.values())
+        for j in sorted(big, key=lambda j: len(j.running)):  # the job with the fewest sequences first
+            while len(j.running) < quota and j.pending and (free > 0 or not j.running):
                 self._add(j, j.pending.popleft())
                 free -= 1
 
@@ -250,17 +396,15 @@ class EngineWorker:
         """Take the job's `n` newest sequences out of the engine; they run again later, from the start."""
         if n <= 0:
             return
-        victims = sorted(job.rids)[-n:]
+        victims = sorted(job.running)[-n:]
         self.engine.abort(victims)
         for rid in reversed(victims):
-            job.rids.discard(rid)
+            seq = job.running.pop(rid)
             self.owner.pop(rid, None)
-            prompt_ids, spec, stream = job.requests.pop(rid)
             new = f"{rid.split('~')[0]}~{job.paused}"  # the engine must see a fresh id
             job.paused += 1
-            if rid in job.slots:
-                job.slots[new] = job.slots.pop(rid)
-            self._queue(job, new, prompt_ids, spec, stream, front=True)
+            job.renamed(rid, new)
+            job.pending.appendleft(dataclasses.replace(seq, rid=new))
         if self.metrics is not None:
             self.metrics.preemptions.inc(n)
         log.info("[%s] paused %d sequence(s) for interactive requests", job.id, n)
@@ -270,96 +414,30 @@ class EngineWorker:
             self._fail(job, asyncio.CancelledError(), "cancelled by the client")
 
     def _drop(self, job: Job) -> None:
-        for rid in job.rids:
+        for rid in job.running:
             self.owner.pop(rid, None)
-        job.rids.clear()
+        job.running.clear()
         job.pending.clear()
         self.active.pop(job.id, None)
 
     def _fail(self, job: Job, exc: BaseException, why: str | None = None) -> None:
         """End a job early: its sequences leave the engine, its strategy generator is closed."""
-        self.engine.abort(sorted(job.rids))
+        self.engine.abort(sorted(job.running))
         self._drop(job)
-        if job.gen is not None:
-            job.gen.close()
+        job.close()
         log.info("[%s] %s", job.id, why or f"failed: {exc}")
-        job.post(Event("error", payload=exc))
+        job.post(Failed(exc))
 
     # -- routing engine output ---------------------------------------------------
-    def _route(self, job: Job, ev) -> None:
+    def _route(self, job: Job, ev: StepEvent) -> None:
         if self.metrics is not None:
-            n = len(ev.token_ids) if job.stream and not job.is_tts else (
-                ev.completion.num_tokens if ev.finished and ev.completion is not None else 0)
-            self.metrics.generated_tokens.inc(n)
-        if not job.is_tts:
-            return self._route_plain(job, ev)
-        if not ev.finished:
-            return
-        i, k = job.slots.pop(ev.request_id)
-        job.outs[i][k] = ev.completion
-        self.owner.pop(ev.request_id, None)
-        job.rids.discard(ev.request_id)
-        job.requests.pop(ev.request_id, None)
-        if not job.slots:  # the whole round is back
-            self._advance(job, job.outs)
+            self.metrics.generated_tokens.inc(job.generated_tokens(ev))
+        if ev.finished:
+            job.running.pop(ev.request_id, None)
+            self.owner.pop(ev.request_id, None)
+        job.on_output(ev, self.engine.tokenizer)
+        self._retire_if_done(job)
 
-    def _route_plain(self, job: Job, ev) -> None:
-        if job.stream:
-            job.tokens += len(ev.token_ids)
-            piece = job.splitter.feed(ev.text)
-            if piece:
-                job.post(Event("delta", text=piece))
-        if not ev.finished:
-            return
-        self._drop(job)
-        log.info("[%s] finished: %s", job.id, ev.finish_reason)
-        if job.stream:
-            tail = job.splitter.finish()
-            if tail:
-                job.post(Event("delta", text=tail))
-            job.post(Event("done", payload={"finish_reason": ev.finish_reason, "completion_tokens": job.tokens,
-                                            "thinking": job.splitter.thinking.strip()}))
-        else:
-            c = ev.completion
-            job.post(Event("done", payload={"finish_reason": c.finish_reason, "completion_tokens": c.num_tokens,
-                                            "text": c.text}))
-
-    def _advance(self, job: Job, outputs) -> None:
-        try:
-            reqs: list[GenerationRequest] = job.gen.send(outputs)
-        except StopIteration as stop:
+    def _retire_if_done(self, job: Job) -> None:
+        if job.finished:
             self._drop(job)
-            result = build_result(job.search, *stop.value, time.perf_counter() - job.start, self.engine.tokenizer)
-            if job.stream:
-                self._stream_fixed(job, final_text=result.text)
-            log.info("[%s] finished: %s after %d rounds", job.id, result.completion_reason.value, job.round)
-            job.post(Event("done", payload=result))
-            return
-        if job.stream:
-            self._stream_fixed(job)
-        job.round += 1
-        if self.metrics is not None:
-            self.metrics.tts_rounds.labels(job.strategy).inc()
-        job.outs = [[None] * r.sampling.n for r in reqs]
-        for i, r in enumerate(reqs):
-            for k, spec in enumerate(r.samples()):  # the fan-out VLLMEngine.generate uses too
-                rid = f"{job.id}-{job.round}-{i}-{k}"
-                job.slots[rid] = (i, k)
-                self._queue(job, rid, r.prompt_ids, spec)
-
-    def _stream_fixed(self, job: Job, final_text: str | None = None) -> None:
-        """Stream the text no later step can change (and, at the end, the rest of the answer)."""
-        if final_text is None:
-            ids = [t for s in job.search.fixed for t in s.token_ids]
-            text = self.engine.tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
-        else:
-            text = final_text
-        if text.startswith(job.emitted) and len(text) > len(job.emitted):
-            piece = job.splitter.feed(text[len(job.emitted):])
-            job.emitted = text
-            if piece:
-                job.post(Event("delta", text=piece))
-        if final_text is not None:
-            tail = job.splitter.finish()
-            if tail:
-                job.post(Event("delta", text=tail))

@@ -17,18 +17,19 @@ PER_MESSAGE_OVERHEAD = 4  # role markers and separators of a chat template
 
 
 def default_budget(max_tokens: int = 1024) -> int:
-    from kaggle_kit.engine.registry import ModelRegistry
+    from kaggle_kit.engine.registry import registered_engine
 
-    window = ModelRegistry.get_engine().max_model_len if ModelRegistry.is_ready() else DEFAULT_WINDOW
-    return window - max_tokens
+    engine = registered_engine()
+    return (engine.max_model_len if engine is not None else DEFAULT_WINDOW) - max_tokens
 
 
 def default_counter() -> Callable[[str], int]:
     """Token count with the registered model's tokenizer, else about 3 characters a token."""
-    from kaggle_kit.engine.registry import ModelRegistry
+    from kaggle_kit.engine.registry import registered_engine
 
-    if ModelRegistry.is_ready():
-        tok = ModelRegistry.get_engine().tokenizer
+    engine = registered_engine()
+    if engine is not None:
+        tok = engine.tokenizer
         return lambda text: len(tok.encode(text, add_special_tokens=False)) + PER_MESSAGE_OVERHEAD
     return lambda text: len(text) // 3 + 1 + PER_MESSAGE_OVERHEAD
 

@@ -3,32 +3,26 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from kaggle_kit.chat.messages import prompt_ids, validate_messages
+from kaggle_kit.engine.chat_template import prompt_ids, validate_messages
+from kaggle_kit.engine.registry import current_engine
+from kaggle_kit.engine.types import Engine
 from kaggle_kit.tts.params import TTSParams
 from kaggle_kit.tts.results import StrategyResult
 from kaggle_kit.tts.search import Search
 from kaggle_kit.tts.strategies import drive
 
 
-def _engine(engine):
-    if engine is not None:
-        return engine
-    from kaggle_kit.engine.registry import ModelRegistry
-
-    return ModelRegistry.get_engine()
-
-
-def run_strategy_batch(messages_list: Sequence, *, engine=None, progress: bool | None = None,
-                       **params) -> list[StrategyResult]:
+def run_strategy_batch(messages_list: Sequence, *, engine: Engine | None = None, progress: bool | None = None,
+                       params: TTSParams | None = None, **kwargs) -> list[StrategyResult]:
     """Run one strategy over many conversations; each round is one engine call for all of them.
 
-    Parameters (the seed's names): strategy, scorer, num_trajectories, candidates_per_step,
-    beam_size, max_steps, score_aggregation, window_size, temperature, top_p, top_k,
-    max_tokens, seed, enable_thinking; plus logprobs, step_stop, min_step_tokens,
-    max_step_tokens, stop. See `TTSParams`.
+    Parameters: `params`, or `TTSParams`' fields as keywords (the seed's names), each with its default and
+    meaning there.
     """
-    p = TTSParams.of(**params)
-    eng = _engine(engine)
+    if params is not None and kwargs:
+        raise TypeError("give the TTS parameters as params=TTSParams(...) or as keywords, not both")
+    p = params if params is not None else TTSParams.of(**kwargs)
+    eng = current_engine(engine)
     searches = []
     for i, messages in enumerate(messages_list):
         try:
@@ -41,6 +35,7 @@ def run_strategy_batch(messages_list: Sequence, *, engine=None, progress: bool |
     return drive(eng, searches, progress=progress)
 
 
-def run_strategy(messages, *, engine=None, progress: bool | None = False, **params) -> StrategyResult:
+def run_strategy(messages, *, engine: Engine | None = None, progress: bool | None = False,
+                 params: TTSParams | None = None, **kwargs) -> StrategyResult:
     """Run a TTS strategy on one conversation with the registered engine (or `engine=`)."""
-    return run_strategy_batch([messages], engine=engine, progress=progress, **params)[0]
+    return run_strategy_batch([messages], engine=engine, progress=progress, params=params, **kwargs)[0]

@@ -29,7 +29,7 @@ def measure_import_seconds() -> float:
 
 
 def measure_throughput(engine, n: int = 16, max_tokens: int = 128) -> dict:
-    from kaggle_kit.chat.messages import prompt_ids
+    from kaggle_kit.engine.chat_template import prompt_ids
     from kaggle_kit.engine.types import GenerationRequest, SamplingSpec
 
     ids = prompt_ids(engine.tokenizer, MESSAGES, enable_thinking=False)

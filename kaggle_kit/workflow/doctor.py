@@ -130,9 +130,9 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 # -- the rules (pure) ----------------------------------------------------------------------
 
 def diagnose(machine: Machine, model_path: str | None = None, overrides: dict | None = None,
-             beam_size: int = 4, candidates_per_step: int = 4, evaluate_on_gpu: bool = True,
-             problems: list | None = None) -> Report:
-    """Checks for `machine` loading `model_path` with the loader's plan (plus `overrides`);
+             search=None, evaluate_on_gpu: bool = True, problems: list | None = None) -> Report:
+    """Checks for `machine` loading `model_path` with the loader's plan (plus `overrides`); whether the
+    sequences `search` (a TTSParams; default: beam search at its defaults) keeps in flight stay resident;
     `problems` (default: the bundled ones) are placed beside the engine, with it asleep, or skipped."""
     from kaggle_kit.config import ConfigError
     from kaggle_kit.engine.loader import GPUInfo, Hardware, plan_load, read_model_config
@@ -178,8 +178,7 @@ def diagnose(machine: Machine, model_path: str | None = None, overrides: dict | 
             checks.append(Check("model", "ok", f"{model_path}: {shape.architecture or '?'}, {shape.num_layers} layers, "
                                                f"{shape.num_attention_heads}/{shape.num_kv_heads} heads, quantization {q}"))
             checks.append(_kernels_check(plan.llm_kwargs, caps, shape, cfg))
-            mem_checks, mem = _memory_checks(machine, model_path, shape, plan.llm_kwargs, beam_size,
-                                             candidates_per_step, evaluate_on_gpu)
+            mem_checks, mem = _memory_checks(machine, model_path, shape, plan.llm_kwargs, search, evaluate_on_gpu)
             checks += mem_checks
             if evaluate_on_gpu and mem is not None:
                 checks.append(_problems_check(machine, mem.left_for_evaluator_bytes, plan.llm_kwargs, problems))
@@ -255,8 +254,7 @@ def _kernels_check(kwargs: dict, caps: list, shape: ModelShape, cfg: dict) -> Ch
     return Check("kernels", "ok", f"attention {attn}; quantization {quant}; dtype {kwargs.get('dtype', 'auto')}")
 
 
-def _memory_checks(m: Machine, model_path: str, shape: ModelShape, kwargs: dict, beam: int, cands: int,
-                   evaluate_on_gpu: bool):
+def _memory_checks(m: Machine, model_path: str, shape: ModelShape, kwargs: dict, search, evaluate_on_gpu: bool):
     weights = weights_on_disk(model_path)
     dtype_bytes = DTYPE_BYTES.get(str(kwargs.get("dtype", "auto")), 2)
     mml = int(kwargs.get("max_model_len") or 4096)
@@ -291,12 +289,17 @@ def _memory_checks(m: Machine, model_path: str, shape: ModelShape, kwargs: dict,
         out.append(Check("memory", "ok", f"weights {plan.weights_per_gpu_bytes / GIB:.1f} GiB per GPU, KV cache "
                                          f"~{plan.kv_cache_per_gpu_bytes / GIB:.1f} GiB = ~{plan.kv_cache_tokens} tokens "
                                          f"= {plan.sequences_at_max_len} sequences of {mml} (estimate)"))
-        need, fit = plan.sequences_for(beam, cands)
+        from kaggle_kit.tts.params import SHAPES, TTSParams, wire_name
+
+        search = search or TTSParams(strategy="beam_search")
+        need = search.in_flight
+        fit = need <= plan.sequences_at_max_len
         out.append(Check("sequences", "ok" if fit else "warn",
-                         f"beam search {beam} x {cands} keeps {need} sequences in flight; "
+                         f"{search.strategy} keeps {need} sequences in flight; "
                          f"{plan.sequences_at_max_len} fit at full length",
-                         None if fit else "vLLM will queue the rest (slower, not wrong); lower tts_max_tokens or "
-                                          "candidates_per_step to keep them all resident"))
+                         None if fit else "vLLM will queue the rest (slower, not wrong); lower tts_max_tokens or " +
+                         " or ".join(wire_name(n) for n in SHAPES[search.strategy].size_params()) +
+                         " to keep them all resident"))
     if evaluate_on_gpu:
         left, need = plan.left_for_evaluator_bytes, plan.evaluator_need_bytes
         out.append(Check("evaluator", "ok" if plan.evaluator_fits else "fail",

@@ -122,15 +122,17 @@ def item_seconds(params: dict[str, Any]) -> tuple[float, int]:
     """Seconds one problem takes in a session (every grid point, every refinement round) and its items."""
     from kaggle_kit.experiment.config import ExperimentConfig
     from kaggle_kit.experiment.runner import item_seconds as per_item
+    from kaggle_kit.tts.params import NAMES as TTS_NAMES
 
     rounds = 1 + (int(params["refine_rounds"]) - 1) * int(params["refine_width"])
     total, items = 0.0, 0
     for s, sc, v in _points(params):
-        cfg = ExperimentConfig(strategy=s, scorer=sc, verifier=v, device="cuda", evaluate=bool(params["evaluate"]),
-                               num_trajectories=params["num_trajectories"], beam_size=params["beam_size"],
-                               candidates_per_step=params["candidates_per_step"], max_steps=params["max_steps"],
-                               max_tokens=params["tts_max_tokens"], batch_size=params["batch_size"],
-                               refine_rounds=params["refine_rounds"], refine_width=params["refine_width"])
+        # the notebook's parameters of the search (the grid point's strategy and scorer, its max_tokens)
+        search = {k: params[k] for k in TTS_NAMES if k in params} | {"strategy": s, "scorer": sc,
+                                                                     "max_tokens": params["tts_max_tokens"]}
+        cfg = ExperimentConfig.of(**search, verifier=v, device="cuda",
+                                  evaluate=bool(params["evaluate"]), batch_size=params["batch_size"],
+                                  refine_rounds=params["refine_rounds"], refine_width=params["refine_width"])
         gen, ev = per_item(cfg, int(params.get("workers") or KAGGLE_CORES))
         total += rounds * (gen + ev)
         items += rounds

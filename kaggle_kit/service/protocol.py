@@ -1,7 +1,9 @@
-"""The /v1/chat/completions request: OpenAI's schema plus the tts_* fields.
+"""The protocol: /v1/chat/completions' request and response models, each converting itself.
 
-Unknown fields are rejected (400) rather than silently dropped, so a client never
-believes an option it sent was honoured.
+The request is OpenAI's schema plus the tts_* fields (TTSParams' WIRE_FIELDS); it turns itself into
+the engine's `SamplingSpec` or the strategies' `TTSParams` (as vLLM's protocol models turn themselves
+into SamplingParams). Responses are built from what the worker returns. Unknown fields are rejected
+(400) rather than silently dropped, so a client never believes an option it sent was honoured.
 """
 from __future__ import annotations
 
@@ -10,7 +12,12 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from kaggle_kit.tts.params import WIRE_FIELDS, TTSParams, wire_name
+from kaggle_kit.engine.chat_template import split_thinking, validate_messages
+from kaggle_kit.engine.types import SamplingSpec
+from kaggle_kit.service.errors import ApiError
+from kaggle_kit.tts.params import STRATEGIES, WIRE_FIELDS, TTSParams, wire_name
+from kaggle_kit.tts.results import CompletionReason, StrategyResult
+from kaggle_kit.tts.scorers import SCORERS
 
 
 class TextPart(BaseModel):
@@ -77,17 +84,51 @@ class _ChatCompletionRequest(BaseModel):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def tts_params(self) -> dict:
-        """The tts_* fields (and the sampling fields) as `TTSParams` keyword arguments."""
-        out = {k[4:]: v for k, v in self.model_dump().items() if k.startswith("tts_") and k != "tts_strategy" and v is not None}
-        out["strategy"] = self.tts_strategy
-        for k in ("temperature", "top_p", "top_k", "seed"):
-            if getattr(self, k) is not None:
-                out[k] = getattr(self, k)
+    @property
+    def strategy(self) -> str:
+        """The strategy this request runs ("plain": no tts_strategy, one sampled answer)."""
+        return self.tts_strategy or "plain"
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        try:
+            return validate_messages([m.as_chat() for m in self.messages])
+        except (TypeError, ValueError) as e:
+            raise ApiError(400, str(e), param="messages") from None
+
+    def to_sampling_spec(self, max_tokens: int) -> SamplingSpec:
+        """A plain request's sampling: OpenAI's defaults where the client sent nothing."""
+        return SamplingSpec(temperature=1.0 if self.temperature is None else self.temperature,
+                            top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0,
+                            max_tokens=max_tokens, stop=tuple(self.stop or ()), include_stop_str_in_output=False,
+                            seed=self.seed)
+
+    def to_tts_params(self, max_tokens: int) -> TTSParams:
+        """A TTS request's parameters: the tts_* fields and the sampling fields, TTSParams' defaults elsewhere."""
+        given = {f: getattr(self, wire_name(f)) for f in WIRE_FIELDS if getattr(self, wire_name(f)) is not None}
+        given |= {k: getattr(self, k) for k in ("temperature", "top_p", "top_k", "seed") if getattr(self, k) is not None}
         if self.stop:
-            out["stop"] = tuple(self.stop)
-        out["enable_thinking"] = self.enable_thinking
-        return out
+            given["stop"] = tuple(self.stop)
+        try:
+            return TTSParams.of(max_tokens=max_tokens, enable_thinking=self.enable_thinking, **given)
+        except (TypeError, ValueError) as e:
+            raise ApiError(400, str(e), param=next((wire_name(f) for f in WIRE_FIELDS if f in str(e)), None)) from None
+
+    def routed(self, strategy: str, scorer: str | None = None) -> "_ChatCompletionRequest":
+        """The request a /v1/{strategy}[/{scorer}]/chat/completions route stands for."""
+        if strategy not in STRATEGIES:
+            raise ApiError(404, f"no route for strategy {strategy!r}; the routes are /v1/{{strategy}}/chat/completions "
+                                f"with strategy one of {', '.join(STRATEGIES)}", type="not_found_error",
+                           code="unknown_route")
+        if scorer is not None and scorer not in SCORERS:
+            raise ApiError(404, f"no route for scorer {scorer!r}; choose from {', '.join(SCORERS)}",
+                           type="not_found_error", code="unknown_route")
+        for field, routed in ((wire_name("strategy"), strategy), (wire_name("scorer"), scorer)):
+            sent = getattr(self, field)
+            if routed is not None and sent is not None and sent != routed:
+                raise ApiError(400, f"{field}={sent!r} contradicts the route's {routed!r}: send one or the other",
+                               param=field)
+        return self.model_copy(update={wire_name("strategy"): strategy,
+                                       wire_name("scorer"): scorer or getattr(self, wire_name("scorer"))})
 
 
 def _tts_fields() -> dict:
@@ -137,6 +178,12 @@ class TTSMetadata(BaseModel):
     usage: dict[str, int]
     elapsed_s: float
     adjustments: list[Adjustment] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, result: StrategyResult, adjustments: list[Adjustment]) -> "TTSMetadata":
+        data = result.to_dict()
+        return cls(**{k: data[k] for k in ("strategy", "scorer", "aggregated_score", "completion_reason", "steps",
+                                           "candidates", "usage", "elapsed_s")}, adjustments=adjustments)
 
 
 class Usage(BaseModel):
@@ -209,6 +256,35 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class Answer(BaseModel):
+    """A finished request's answer as the response reports it (from a plain answer or a strategy's result)."""
+    message: ResponseMessage
+    finish_reason: str
+    completion_tokens: int
+    tts_metadata: TTSMetadata | None = None
+
+    @classmethod
+    def of(cls, done, adjustments: list[Adjustment]) -> "Answer":
+        """`done`: the worker's `PlainAnswer` or a `StrategyResult`."""
+        if isinstance(done, StrategyResult):
+            thinking, answer = split_thinking(done.text)
+            return cls(message=ResponseMessage(content=answer, reasoning_content=thinking or None),
+                       finish_reason=_finish_reason(done), completion_tokens=done.num_tokens,
+                       tts_metadata=TTSMetadata.of(done, adjustments))
+        thinking, answer = split_thinking(done.text)
+        reasoning = done.thinking or thinking
+        return cls(message=ResponseMessage(content=answer, reasoning_content=reasoning or None),
+                   finish_reason=done.finish_reason or "stop", completion_tokens=done.completion_tokens)
+
+
+def _finish_reason(result: StrategyResult) -> str:
+    if result.completion_reason in (CompletionReason.EOS, CompletionReason.STOP):
+        return "stop"
+    if result.completion_reason is CompletionReason.MAX_STEPS and result.steps and result.steps[-1].finish in ("eos", "stop"):
+        return "stop"
+    return "length"
 
 
 _OPTIONAL = ("tts_metadata", "kk_adjustments", "usage", "reasoning_content", "role", "content", "kv_cache_tokens")
