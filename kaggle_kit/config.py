@@ -132,7 +132,7 @@ def add_field_arguments(parser, cls, *, names=None, dest=None, given_only: bool 
             meta.setdefault("action", "append")
             text += " (repeatable)" if "repeatable" not in text else ""
         elif "type" not in meta and "action" not in meta:
-            meta["type"] = next((t for t in (int, float, str) if t in (typing.get_args(hint) or (hint,))), str)
+            meta["type"] = next((t for t in (str, int, float) if t in (typing.get_args(hint) or (hint,))), str)
         shown = f"{text} (default: {default!r})" if default not in (None, ()) else text
         if "choices" not in meta:
             meta.setdefault("metavar", f.name.upper())
