@@ -12,9 +12,12 @@ import threading
 
 import numpy as np
 
-from kaggle_kit.engine.types import Completion, GenerationRequest, StepEvent
+from kaggle_kit.engine.types import LOW_CONFIDENCE, Completion, GenerationRequest, StepEvent, token_confidence
 
 EOS = 0
+
+
+WORDS = {"Yes": 0x110001, "No": 0x110002}  # whole-word tokens (beyond Unicode), as a real vocabulary has them
 
 
 class CharTokenizer:
@@ -22,10 +25,11 @@ class CharTokenizer:
     eos_token_id = EOS
 
     def encode(self, text, add_special_tokens=False):
-        return [ord(c) for c in text]
+        return [WORDS[text]] if text in WORDS else [ord(c) for c in text]
 
     def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(i) for i in ids if not (skip_special_tokens and i == EOS))
+        names = {v: k for k, v in WORDS.items()}
+        return "".join(names.get(i) or chr(i) for i in ids if not (skip_special_tokens and i == EOS))
 
     def batch_decode(self, seqs, skip_special_tokens=True):
         return [self.decode(s, skip_special_tokens) for s in seqs]
@@ -39,8 +43,11 @@ class ScriptedEngine:
     per step, like an engine driven step by step (the service's worker)."""
 
     def __init__(self, tree: dict[str, list[tuple[str, float, bool]]], max_model_len: int = 10_000,
-                 kv_cache_tokens: int | None = None, step_delay: float = 0.0):
+                 kv_cache_tokens: int | None = None, step_delay: float = 0.0, judge=None):
+        """judge(answer so far) -> P(yes): how the scripted model answers the critic's question."""
         self.tree = tree
+        self.judge = judge
+        self.judged: list[str] = []  # the answers the critic asked about, in order
         self.tokenizer = CharTokenizer()
         self.max_model_len = max_model_len
         self.kv_cache_tokens = kv_cache_tokens
@@ -99,11 +106,32 @@ class ScriptedEngine:
         self.calls.append(list(requests))
         out = []
         for r in requests:
+            if self._judging(r):
+                out.append([self._verdict(r)])
+                continue
             start = self._prompt_len(r.prompt_ids)
             prefix = self.tokenizer.decode(r.prompt_ids[start:])
             offset = (r.sampling.seed or 0) % 7
             out.append([self._sample(prefix, k + offset, r.sampling, len(r.prompt_ids)) for k in range(r.sampling.n)])
         return out
+
+    def _judging(self, r) -> bool:
+        from kaggle_kit.tts.critic import QUESTION
+
+        return QUESTION in self.tokenizer.decode(r.prompt_ids)
+
+    def _verdict(self, r) -> Completion:
+        """The critic's one token: Yes, with P(yes) = judge(the answer being judged)."""
+        from kaggle_kit.tts.critic import QUESTION
+
+        text = self.tokenizer.decode(r.prompt_ids)
+        answer = text.split("[assistant]", 1)[1].split("[user]" + QUESTION, 1)[0]
+        self.judged.append(answer)
+        p = min(max(float(self.judge(answer)), 1e-6), 1 - 1e-6)
+        lps = np.log([[p, 1 - p]])
+        return Completion(token_ids=(WORDS["Yes"],), text="Yes", finish_reason="length",
+                          chosen_logprobs=lps[:, 0], returned_ids=np.array([[WORDS["Yes"], WORDS["No"]]]),
+                          returned_logprobs=lps, prompt_tokens=len(r.prompt_ids))
 
     def _sample(self, prefix, k, spec, prompt_len):
         ids, lps, stop_reason, finish = [], [], None, "length"
@@ -132,6 +160,10 @@ class ScriptedEngine:
         chosen = np.asarray(lps, dtype=float)
         other = np.log1p(-np.exp(np.minimum(chosen, -1e-12)))  # the rest of the mass on one token
         returned = np.stack([chosen, other], axis=1) if len(ids) else np.zeros((0, 2))
+        rule = spec.confidence_stop
+        cut = rule.stop_at(token_confidence(returned, spec.logprobs)) if rule is not None else None
+        if cut is not None:  # what a watching engine does: the sequence ends where the rule fires
+            ids, chosen, returned, stop_reason, finish = ids[:cut], chosen[:cut], returned[:cut], None, LOW_CONFIDENCE
         return Completion(
             token_ids=tuple(ids), text=self.tokenizer.decode(ids), finish_reason=finish, stop_reason=stop_reason,
             chosen_logprobs=chosen, returned_ids=np.zeros((len(ids), 2), dtype=np.int64), returned_logprobs=returned,

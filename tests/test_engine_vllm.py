@@ -40,6 +40,33 @@ def test_generate_with_logprobs(registered):
     assert [c.token_ids for c in same] == [c.token_ids for c in outs]  # seeded
 
 
+def test_a_confidence_stop_aborts_a_sequence_where_its_confidence_falls(registered):
+    """DeepConf's early stop through the seam: the engine watches each token's top-k and aborts the
+    sequence at the first window under the bar; what it returns is the start of the same-seed sample."""
+    from kaggle_kit.engine.types import LOW_CONFIDENCE, ConfidenceStop, token_confidence
+
+    ids = prompt_ids(registered.tokenizer, MSGS, enable_thinking=False)
+    free = SamplingSpec(n=2, temperature=1.0, max_tokens=96, logprobs=5, seed=3)
+    (whole,) = registered.generate([GenerationRequest(ids, free)])
+    conf = [token_confidence(c.returned_logprobs, 5) for c in whole]
+    window = 8
+    # a bar between the two samples' lowest 8-token window: the lower one stops, the other runs on
+    lows = [min(np.convolve(c, np.ones(window) / window, mode="valid")) for c in conf]
+    bar = (min(lows) + max(lows)) / 2
+    assert min(lows) < bar < max(lows)
+    rule = ConfidenceStop(bar, window)
+    (watched,) = registered.generate([GenerationRequest(ids, SamplingSpec(**{**free.__dict__, "confidence_stop": rule}))])
+    low = int(np.argmin(lows))
+    stop = rule.stop_at(conf[low])
+    assert watched[low].finish_reason == LOW_CONFIDENCE and watched[low].num_tokens == stop < whole[low].num_tokens
+    assert watched[low].token_ids == whole[low].token_ids[:stop]  # the same sample, cut where the rule fired
+    assert np.allclose(watched[low].chosen_logprobs, whole[low].chosen_logprobs[:stop], atol=1e-4)
+    assert watched[low].text == registered.tokenizer.decode(watched[low].token_ids, skip_special_tokens=True)
+    assert watched[1 - low].token_ids == whole[1 - low].token_ids  # never under the bar: untouched
+    assert watched[1 - low].finish_reason == whole[1 - low].finish_reason
+    assert not registered.llm.llm_engine.has_unfinished_requests()  # the stopped one was aborted, not left
+
+
 def test_prefix_cache_hits_are_reported(registered):
     long_user = "Optimise the softmax kernel. " * 20
     ids = prompt_ids(registered.tokenizer, [{"role": "user", "content": long_user}], enable_thinking=False)

@@ -55,7 +55,8 @@ def test_the_issue_request_exactly(client, model_id):
 
 @pytest.mark.parametrize("strategy, scorer", [(st, sc) for st in ("offline_bon", "online_bon", "beam_search")
                                                for sc in ("entropy", "perplexity", "sequence_prob", "confidence")]
-                         + [("dvts", "perplexity"), ("adaptive_bon", "entropy"), ("deepconf", "confidence")])
+                         + [("dvts", "perplexity"), ("adaptive_bon", "entropy"), ("deepconf", "confidence"),
+                            ("online_bon", "critic")])
 def test_every_strategy_and_scorer(client, model_id, strategy, scorer):
     r = client.chat.completions.create(model=model_id, messages=PROMPT, temperature=0.8, max_tokens=200, seed=5,
                                        extra_body={"tts_strategy": strategy, "tts_scorer": scorer, **SMALL_TTS})

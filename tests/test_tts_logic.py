@@ -277,18 +277,56 @@ def test_adaptive_bon_stops_sampling_once_an_answer_is_good_enough():
 
 
 def test_deepconf_stops_a_trace_once_it_falls_under_the_warmup_bar():
-    # Warm-up (one call, 2 whole answers): "good..." (0.9) and "bad..." (0.3): the bar is their 10th
-    # percentile, 0.36. Three traces then grow a step at a time: the one that starts "bad" (0.3) stops
-    # after that step; "mid" and "good" go on and finish. With min aggregation it could not have won.
-    tree = {"": [step("good\n\n", 0.9), step("bad\n\n", 0.3), step("mid\n\n", 0.7)],
-            "good\n\n": [step("end", 0.9, True)], "bad\n\n": [step("junk", 0.3, True)],
-            "mid\n\n": [step("fin", 0.7, True)]}
+    # Token confidence is the top-k's peakedness: a 0.95 token is confident (C 1.5), a 0.6 one is a coin
+    # toss (C 0.69). Warm-up (samples 0 and 1): "good" and "flat" set the bar at the 10th percentile of
+    # their lowest 16-token group confidence, 0.77. Samples 2-4 run under a ConfidenceStop: "okay" (C 1.0)
+    # and "good" finish, "flat" is aborted by the engine after its first 16 tokens.
+    tail = lambda sc: [step("e" * 20, sc, True)]  # noqa: E731
+    tree = {"": [step("good" * 5 + "\n\n", 0.95), step("flat" * 5 + "\n\n", 0.6), step("okay" * 5 + "\n\n", 0.85)],
+            "good" * 5 + "\n\n": tail(0.95), "flat" * 5 + "\n\n": tail(0.6), "okay" * 5 + "\n\n": tail(0.85)}
+    opts = dict(BASE, num_trajectories=5, score_aggregation="min")
     eng = ScriptedEngine(tree)
-    res = run_strategy(MSGS, engine=eng, strategy="deepconf", num_trajectories=5, warmup_traces=2,
-                       score_aggregation="min", **BASE)
-    assert res.text == "good\n\nend"
-    assert [r.sampling.n for r in eng.calls[0]] == [2] and [len(call) for call in eng.calls] == [1, 3, 2]
-    assert sorted(c.text for c in res.candidates) == ["bad\n\njunk", "good\n\nend", "good\n\nend", "mid\n\nfin"]
-    parents = {st.parent for st in res.tree}
-    stopped = [st for st in res.tree if st.text == "bad\n\n" and st.id not in parents]
-    assert len(stopped) == 1 and stopped[0].finish == "boundary"  # the step-by-step "bad" trace, never continued
+    res = run_strategy(MSGS, engine=eng, strategy="deepconf", warmup_traces=2, **opts)
+    offline = run_strategy(MSGS, engine=ScriptedEngine(tree), strategy="offline_bon", **opts)
+    assert [r.sampling.n for call in eng.calls for r in call] == [2, 3]
+    rule = eng.calls[1][0].sampling.confidence_stop
+    assert rule.window == 16 and rule.bar == pytest.approx(0.69 + 0.1 * (1.5 - 0.69), abs=0.02)
+    assert sorted(c.text[:4] for c in res.candidates) == ["flat", "good", "good", "okay"]  # the warm-up's stay
+    stopped = [st for st in res.tree if st.finish == "low_confidence"]
+    assert len(stopped) == 1 and stopped[0].num_tokens == 16 and res.usage.early_stopped == 1
+    # the same samples as offline best-of-5 but for the stopped one's tail: what early stopping saves
+    assert sorted(c.text for c in res.candidates) == sorted(c.text for c in offline.candidates)[1:]  # one "flat" less
+    assert offline.usage.generated_tokens - res.usage.generated_tokens == 22 + 20 + 1 - 16
+    assert res.text == offline.text
+
+
+def test_the_critic_scorer_asks_the_model_about_each_answer_and_its_verdict_is_the_score():
+    # Every candidate has the same logprobs; only the model's yes/no verdict tells them apart.
+    tree = {"": [step("bug\n\n", 0.5), step("ok\n\n", 0.5)],
+            "bug\n\n": [step("a", 0.5, True), step("b", 0.5, True)], "ok\n\n": [step("a", 0.5, True), step("b", 0.5, True)]}
+    judge = lambda answer: 0.1 if "bug" in answer else (0.9 if answer.endswith("b") else 0.8)  # noqa: E731
+    eng = ScriptedEngine(tree, judge=judge)
+    opts = dict(BASE, scorer="critic")
+    online = run_strategy(MSGS, engine=eng, strategy="online_bon", candidates_per_step=2, **opts)
+    assert online.text == "ok\n\nb" and [round(s.score, 6) for s in online.steps] == [0.8, 0.9]
+    # each step is one call for the candidates and one for their verdicts (prefix: prompt + answer so far)
+    assert online.usage.engine_calls == 4 and sorted(eng.judged) == ["bug\n\n", "ok\n\n", "ok\n\na", "ok\n\nb"]
+    judge_call = eng.calls[1]
+    assert all(r.sampling.max_tokens == 1 and r.sampling.temperature == 0 for r in judge_call)
+    assert judge_call[1].prompt_ids[:len(eng.calls[0][0].prompt_ids)] == eng.calls[0][0].prompt_ids
+    offline = run_strategy(MSGS, engine=ScriptedEngine(tree, judge=judge), strategy="offline_bon", num_trajectories=4,
+                           **opts)
+    assert offline.text == "ok\n\nb" and offline.aggregated_score == pytest.approx(0.9)
+    # offline: one verdict per whole answer, on its last step; the other steps carry no score
+    assert all(np.isnan(c.steps[0].score) and not np.isnan(c.steps[-1].score) for c in offline.candidates)
+    from kaggle_kit.tts.critic import judged_uncertainty
+    from kaggle_kit.engine.types import Completion
+    from scripted_engine import WORDS, CharTokenizer
+
+    neither = Completion((7,), "x", "length", returned_ids=np.array([[7, 8]]), returned_logprobs=np.log([[0.6, 0.4]]))
+    assert np.isnan(judged_uncertainty(CharTokenizer(), neither))  # no yes or no among the top-k: no evidence
+    only_no = Completion((WORDS["No"],), "No", "length", returned_ids=np.array([[WORDS["No"], 7]]),
+                         returned_logprobs=np.log([[0.7, 0.3]]))
+    assert judged_uncertainty(CharTokenizer(), only_no) == np.inf
+    with pytest.raises(ValueError, match="judgement, asked by the search"):
+        scorers.uncertainty("critic", [-0.1], [[-0.1]])

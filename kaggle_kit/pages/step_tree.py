@@ -4,7 +4,8 @@
     GET /v1/tts/{request_id}/tree       # the service: the same page for a request it answered
 
 A step is `chosen` (on the answer's path), `finished` (ends a candidate that lost), `expanded` (kept:
-the search continued from it) or `pruned` (dropped when the search kept others). Step texts render
+the search continued from it) or `pruned` (dropped when the search kept others, or stopped for low
+confidence by deepconf's early stop). Step texts render
 as code like the chat widget's (a run's records keep the tree without step texts: "(text not kept)").
 """
 from __future__ import annotations

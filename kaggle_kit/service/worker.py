@@ -38,7 +38,7 @@ from kaggle_kit.engine.chat_template import ThinkSplitter
 from kaggle_kit.engine.types import Engine, GenerationRequest, SamplingSpec, StepEvent
 from kaggle_kit.tts.results import StrategyResult
 from kaggle_kit.tts.search import Search
-from kaggle_kit.tts.strategies import STRATEGY_FUNCS, build_result
+from kaggle_kit.tts.strategies import build_result, start
 
 log = logging.getLogger(__name__)
 _job_ids = itertools.count()
@@ -182,7 +182,7 @@ class TTSJob(Job):
         return self.search.p.strategy
 
     def begin(self, tokenizer) -> None:
-        self.gen = STRATEGY_FUNCS[self.strategy](self.search, tokenizer)
+        self.gen = start(self.search, tokenizer)
         self._advance(None, tokenizer)
 
     def on_output(self, ev: StepEvent, tokenizer) -> None:

@@ -13,6 +13,7 @@ class CompletionReason(str, Enum):
     MAX_STEPS = "max_steps"  # the step limit was reached; the answer was finished in one final continuation
     MAX_TOKENS = "max_tokens"  # the per-trajectory token budget ran out
     CONTEXT_LIMIT = "context_limit"  # prompt + answer filled the model's window
+    LOW_CONFIDENCE = "low_confidence"  # stopped early: its confidence fell under the bar (deepconf); not a candidate
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Usage:
     prompt_tokens: int = 0  # prompt tokens of every sampled sequence (a request with n samples counts n times)
     cached_prompt_tokens: int = 0  # of those, served from vLLM's prefix cache instead of computed
     generated_tokens: int = 0
+    early_stopped: int = 0  # sequences the engine stopped for low confidence (deepconf), their rest never generated
 
 
 @dataclass

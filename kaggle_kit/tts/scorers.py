@@ -13,6 +13,9 @@ MeanTokenEntropy, Perplexity and MaximumSequenceProbability (its entropy sums
 over the returned top-k without renormalising; its "Perplexity" is the log of
 perplexity, the mean NLL).
 
+critic is not computed from a step's tokens: the model itself judges the answer so far with one
+yes/no token (kaggle_kit/tts/critic.py); the search asks it after each step.
+
 confidence is DeepConf's token confidence (Fu et al., 2025, "Deep Think with
 Confidence", arXiv:2508.15260): C_t = -mean of the top-k logprobs at position t;
 the span's confidence is its lowest group confidence, the minimum over sliding
@@ -24,6 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from kaggle_kit.engine.types import token_confidence
 
 
 def as_returned(returned) -> np.ndarray:
@@ -51,28 +55,34 @@ def sequence_prob(chosen: np.ndarray, returned: np.ndarray) -> float:
     return float(-np.sum(chosen))
 
 
-def lowest_group_confidence(returned: np.ndarray, k: int | None = None, window: int = 16) -> float:
-    counts = np.sum(~np.isnan(returned), axis=1)
-    k = int(k or counts.min())  # rows hold k entries, or k+1 when the sampled token is outside the top-k
-    top = -np.sort(-np.nan_to_num(returned, nan=-np.inf), axis=1)[:, :k]
-    token_conf = -np.mean(top, axis=1)
+CONFIDENCE_WINDOW = 16  # tokens per group: the confidence scorer's and deepconf's early stop
+
+
+def lowest_group_confidence(returned: np.ndarray, window: int = CONFIDENCE_WINDOW, k: int | None = None) -> float:
+    token_conf = token_confidence(returned, k)
     w = max(1, min(window, len(token_conf)))
     csum = np.concatenate([[0.0], np.cumsum(token_conf)])
     return float(np.min((csum[w:] - csum[:-w]) / w))
 
 
-def confidence_uncertainty(chosen: np.ndarray, returned: np.ndarray, window: int = 16) -> float:
+def confidence_uncertainty(chosen: np.ndarray, returned: np.ndarray, window: int = CONFIDENCE_WINDOW) -> float:
     c = lowest_group_confidence(returned, window=window)
     return float(np.inf) if c <= 0 else 1.0 / c
 
 
-_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray], float] | None] = {
     "entropy": mean_token_entropy,
     "perplexity": perplexity,
     "sequence_prob": sequence_prob,
     "confidence": confidence_uncertainty,
+    "critic": None,  # judged by the model (tts/critic.py), not computed from the step's tokens
 }
 SCORERS = tuple(_FUNCS)  # every list of scorer names derives from this table
+
+
+def is_judged(name: str) -> bool:
+    """Whether the scorer asks the model for a judgement instead of reading the step's own logprobs."""
+    return _FUNCS[check_scorer(name)] is None
 
 
 def check_scorer(name: str) -> str:
@@ -84,6 +94,9 @@ def check_scorer(name: str) -> str:
 def uncertainty(name: str, chosen: Sequence[float] | np.ndarray, returned) -> float:
     """Uncertainty U of a token span under scorer `name` (see module doc)."""
     fn = _FUNCS[check_scorer(name)]
+    if fn is None:
+        raise ValueError(f"scorer {name!r} is the model's own judgement, asked by the search (tts/critic.py); "
+                         "it is not computed from a span's logprobs")
     chosen = np.asarray(chosen, dtype=np.float64)
     if chosen.size == 0:
         return float("nan")  # an empty span carries no evidence; aggregation skips it

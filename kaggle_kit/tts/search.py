@@ -7,15 +7,17 @@ scores and prefix-cache hits stay exact.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from kaggle_kit.engine.types import Completion, GenerationRequest, SamplingSpec
+from kaggle_kit.engine.types import LOW_CONFIDENCE, Completion, ConfidenceStop, GenerationRequest, SamplingSpec
 from kaggle_kit.tts.aggregation import aggregate
 from kaggle_kit.tts.params import TTSParams
 from kaggle_kit.tts.results import CompletionReason, Step, StepSequence, Trajectory, Usage, finite_or
-from kaggle_kit.tts.scorers import step_score, uncertainty
+from kaggle_kit.tts import critic
+from kaggle_kit.tts.scorers import is_judged, step_score, uncertainty
 from kaggle_kit.tts.steps import exact_step_texts
 
 
@@ -38,13 +40,16 @@ class StepPath(StepSequence):
 
 
 class Search:
-    """Per-prompt state shared by a strategy: params, ids, the tree, usage, seeds."""
+    """Per-prompt state shared by a strategy: params, ids, the tree, usage, seeds (and the tokenizer,
+    set when the strategy starts: `strategies.start`)."""
 
     def __init__(self, prompt_ids, params: TTSParams, max_model_len: int, eos_ids=frozenset()):
         self.prompt_ids = tuple(prompt_ids)
         self.p = params
         self.max_model_len = max_model_len
         self.eos_ids = eos_ids
+        self.tokenizer = None
+        self._judged: dict[int, tuple[Completion, float]] = {}  # id(completion) -> (it, the critic's uncertainty)
         self.tree: list[Step] = []
         self.fixed: list[Step] = []  # steps every path still in the running shares (safe to stream)
         self.usage = Usage()
@@ -57,8 +62,10 @@ class Search:
         n = path.num_tokens
         return self.p.max_tokens - n, self.max_model_len - len(self.prompt_ids) - n
 
-    def request(self, path: StepPath, n: int, final: bool = False) -> GenerationRequest | None:
-        """The request that extends `path` by one step (or finishes it if `final`).
+    def request(self, path: StepPath, n: int, final: bool = False, confidence_stop: ConfidenceStop | None = None,
+                seed: int | None = None) -> GenerationRequest | None:
+        """The request that extends `path` by one step (or finishes it if `final`), with the next seed unless
+        `seed` is given; `confidence_stop`: the engine stops each sample once its confidence falls under the bar.
 
         None when no token fits; the path is then finished with the reason why.
         """
@@ -68,13 +75,37 @@ class Search:
             return None
         p = self.p
         limit = min(budget, window) if final else min(p.max_step_tokens, budget, window)
-        seed = None if p.seed is None else p.seed * 1_000_003 + next(self._seeds)
-        spec = SamplingSpec(
+        if seed is None:
+            seed = None if p.seed is None else p.seed * 1_000_003 + next(self._seeds)
+        spec = SamplingSpec(confidence_stop=confidence_stop,
             n=n, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, max_tokens=limit,
             stop=p.stop if final else p.step_stop + p.stop, include_stop_str_in_output=True,
             logprobs=p.logprobs, seed=seed, min_tokens=0 if final else min(p.min_step_tokens, limit - 1),
         )
         return GenerationRequest(self.prompt_ids + path.token_ids, spec)
+
+    def sample(self, requests: list[GenerationRequest]):
+        """Run `requests` (yield them, receive their completions) and return the completions; under a
+        judged scorer (the critic) the model then judges every completion in one more engine call."""
+        outs = yield requests
+        self.count(requests, outs)
+        self._judged = {}
+        if is_judged(self.p.scorer):
+            asked = [(c, critic.judge_request(self.tokenizer, r, c, self.p.logprobs))
+                     for r, cs in zip(requests, outs) for c in cs]
+            asked = [(c, j) for c, j in asked if len(j.prompt_ids) < self.max_model_len]  # no room to ask: no verdict
+            if asked:
+                judge = [j for _, j in asked]
+                verdicts = yield judge
+                self.count(judge, verdicts)
+                self._judged = {id(c): (c, critic.judged_uncertainty(self.tokenizer, v[0]))
+                                for (c, _), v in zip(asked, verdicts)}
+        return outs
+
+    def judgement(self, c: Completion) -> float | None:
+        """The critic's uncertainty about the answer that ends with completion `c` (None: not judged)."""
+        hit = self._judged.get(id(c))
+        return hit[1] if hit is not None and hit[0] is c else None
 
     def count(self, requests: list[GenerationRequest], outputs: list[list[Completion]]) -> None:
         self.usage.engine_calls += 1
@@ -83,6 +114,7 @@ class Search:
             self.usage.prompt_tokens += len(req.prompt_ids) * len(outs)  # every sample's sequence holds the prompt
             self.usage.cached_prompt_tokens += sum(c.num_cached_tokens for c in outs)
             self.usage.generated_tokens += sum(c.num_tokens for c in outs)
+            self.usage.early_stopped += sum(c.finish_reason == LOW_CONFIDENCE for c in outs)
 
     def fix(self, paths: list[StepPath]) -> None:
         """Record the steps that every path still in the running shares."""
@@ -98,8 +130,12 @@ class Search:
             self.fixed = list(common)
 
     # -- scoring --------------------------------------------------------------
-    def new_step(self, parent: StepPath, token_ids, chosen, returned, text: str, finish: str, final: bool = False) -> Step:
-        u = uncertainty(self.p.scorer, chosen, returned)
+    def new_step(self, parent: StepPath, token_ids, chosen, returned, text: str, finish: str, final: bool = False,
+                 judged: float | None = None) -> Step:
+        if is_judged(self.p.scorer):  # the critic's verdict on the answer up to this step; none: no evidence
+            u = math.nan if judged is None else judged
+        else:
+            u = uncertainty(self.p.scorer, chosen, returned)
         s = step_score(u)
         prior = [st.score for st in parent.steps]
         step = Step(
@@ -116,10 +152,13 @@ class Search:
         finish, reason = self.classify(path, c)
         if final:
             reason = CompletionReason.MAX_STEPS
-        step = self.new_step(path, c.token_ids, c.chosen_logprobs, c.returned_logprobs, c.text, finish, final)
+        step = self.new_step(path, c.token_ids, c.chosen_logprobs, c.returned_logprobs, c.text, finish, final,
+                             judged=self.judgement(c))
         return StepPath(path.steps + [step], reason)
 
     def classify(self, path: StepPath, c: Completion) -> tuple[str, CompletionReason | None]:
+        if c.finish_reason == LOW_CONFIDENCE:
+            return "low_confidence", CompletionReason.LOW_CONFIDENCE
         if isinstance(c.stop_reason, str):
             if c.stop_reason in self.p.stop:
                 return "stop", CompletionReason.STOP

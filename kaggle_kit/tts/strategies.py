@@ -8,16 +8,16 @@ service's concurrent requests) costs one call per step, not one per prompt.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Generator, Sequence
 
 import numpy as np
 
-from kaggle_kit.engine.types import Completion, GenerationRequest
+from kaggle_kit.engine.types import Completion, ConfidenceStop, Engine, GenerationRequest
 from kaggle_kit.tts.aggregation import MONOTONE_NON_INCREASING
 from kaggle_kit.tts.params import STRATEGIES
-from kaggle_kit.tts.results import StrategyResult, finite_or
+from kaggle_kit.tts.results import CompletionReason, StrategyResult, finite_or
+from kaggle_kit.tts.scorers import CONFIDENCE_WINDOW, lowest_group_confidence
 from kaggle_kit.tts.search import StepPath, Search, best, slices
 from kaggle_kit.tts.steps import split_points, token_pieces
 
@@ -30,8 +30,7 @@ def offline_bon(s: Search, tokenizer) -> StrategyGen:
     req = s.request(empty, n=s.p.num_trajectories, final=True)
     if req is None:  # the prompt leaves no room: `empty` now says why
         return empty, [empty]
-    outs = yield [req]
-    s.count([req], outs)
+    outs = yield from s.sample([req])
     paths = [_whole(s, tokenizer, c) for c in outs[0]]
     return best(paths), paths
 
@@ -47,8 +46,7 @@ def adaptive_bon(s: Search, tokenizer) -> StrategyGen:
         req = s.request(empty, n=min(p.candidates_per_step, p.num_trajectories - len(paths)), final=True)
         if req is None:  # no room for an answer: `empty` says why
             return (best(paths), paths) if paths else (empty, [empty])
-        outs = yield [req]
-        s.count([req], outs)
+        outs = yield from s.sample([req])
         paths += [_whole(s, tokenizer, c) for c in outs[0]]
         if best(paths).rank_key >= p.stop_score:
             break
@@ -60,29 +58,29 @@ DEEPCONF_KEEP = 0.9
 
 
 def deepconf(s: Search, tokenizer) -> StrategyGen:
-    """DeepConf's online mode (arXiv 2508.15260) at step granularity: `warmup_traces` whole answers set
-    the bar (the 10th percentile of their aggregated scores: DeepConf-high), the other traces grow a
-    step at a time, all in one engine call per step, and a trace whose aggregated score falls under
-    the bar stops there. With `min` (or `product`) aggregation a score never rises, so a stopped trace
-    could not have won: what it would have generated is saved at no cost to the choice. The best
-    finished answer wins; stopped traces stay in the tree, not among the candidates."""
+    """DeepConf's online mode (arXiv 2508.15260): `warmup_traces` whole answers set the bar, the 10th
+    percentile of their lowest group confidence (DeepConf-high: mean token confidence over windows of
+    CONFIDENCE_WINDOW tokens); the other traces run under a ConfidenceStop, so the engine aborts each one
+    the moment its current window falls under the bar, and what it would have generated is never
+    generated (Usage.early_stopped counts them). The best finished answer by the scorer wins; stopped
+    traces stay in the tree, not among the candidates. The samples are offline best-of-N's with the same
+    seed, so the two spend tokens on the same traces but for the stopped ones' tails."""
     p = s.p
     empty = StepPath()
-    req = s.request(empty, n=min(p.warmup_traces, p.num_trajectories), final=True)
-    if req is None:
+    warm = s.request(empty, n=min(p.warmup_traces, p.num_trajectories), final=True)
+    if warm is None:
         return empty, [empty]
-    outs = yield [req]
-    s.count([req], outs)
+    outs = yield from s.sample([warm])
     finished = [_whole(s, tokenizer, c) for c in outs[0]]
-    seen = [q.rank_key for q in finished if math.isfinite(q.rank_key)]
-    bar = float(np.quantile(seen, 1 - DEEPCONF_KEEP)) if seen else -math.inf
-
-    def keep(q: StepPath, cs: list[Completion]) -> StepPath | None:
-        grown = s.extend(q, cs[0])
-        return grown if not grown.live or grown.rank_key >= bar else None  # under the bar: stopped here
-
-    paths = [StepPath() for _ in range(p.num_trajectories - len(finished))]
-    finished = yield from _grow(s, paths, 1, keep, finished)
+    lowest = [lowest_group_confidence(c.returned_logprobs, CONFIDENCE_WINDOW, p.logprobs) for c in outs[0] if c.num_tokens]
+    rest = p.num_trajectories - len(finished)
+    if rest > 0 and lowest:
+        bar = float(np.quantile(lowest, 1 - DEEPCONF_KEEP))
+        seed = None if warm.sampling.seed is None else warm.sampling.seed + warm.sampling.n  # offline's next samples
+        req = s.request(empty, n=rest, final=True, confidence_stop=ConfidenceStop(bar, CONFIDENCE_WINDOW), seed=seed)
+        outs = yield from s.sample([req])
+        traces = [_whole(s, tokenizer, c) for c in outs[0]]
+        finished += [q for q in traces if q.reason is not CompletionReason.LOW_CONFIDENCE]
     return best(finished), finished
 
 
@@ -93,7 +91,9 @@ def _whole(s: Search, tokenizer, c: Completion) -> StepPath:
     ends = split_points(token_pieces(tokenizer, c.token_ids), p.step_stop, p.min_step_tokens, p.max_step_tokens)
     path = StepPath()
     for k, (ids, chosen, returned) in enumerate(slices(c, ends)):
-        step = s.new_step(path, ids, chosen, returned, text="", finish=finish if k == len(ends) - 1 else "boundary")
+        last = k == len(ends) - 1  # a judged scorer's verdict is on the whole answer: its last step's
+        step = s.new_step(path, ids, chosen, returned, text="", finish=finish if last else "boundary",
+                          judged=s.judgement(c) if last else None)
         path = StepPath(path.steps + [step])
     path.reason = reason
     return path
@@ -107,8 +107,7 @@ def online_bon(s: Search, tokenizer=None) -> StrategyGen:
         req = s.request(path, n=p.candidates_per_step)
         if req is None:
             return path, [path]
-        outs = yield [req]
-        s.count([req], outs)
+        outs = yield from s.sample([req])
         candidates = [s.extend(path, c) for c in outs[0]]
         path = max(candidates, key=lambda q: finite_or(q.steps[-1].score))
         s.fix([path])
@@ -135,8 +134,7 @@ def beam_search(s: Search, tokenizer=None) -> StrategyGen:
         if not reqs:
             beams = []
             break
-        outs = yield reqs
-        s.count(reqs, outs)
+        outs = yield from s.sample(reqs)
         pool, seen = [], set()
         for b, completions in zip(owners, outs):
             for c in completions:
@@ -174,21 +172,20 @@ def dvts(s: Search, tokenizer=None) -> StrategyGen:
     return best(finished), finished
 
 
-def _grow(s: Search, paths: list[StepPath], n: int, keep, finished: list[StepPath] = ()):
-    """Grow independent paths a step at a time, all in one engine call per step: each gets n samples
-    and `keep(path, completions)` gives its next path, or None to stop it there (its steps stay in the
-    tree). Returns `finished` plus every path that ended; live ones get a final continuation at max_steps."""
-    finished = list(finished)
+def _grow(s: Search, paths: list[StepPath], n: int, keep):
+    """Grow independent paths a step at a time, all in one engine call per step: each gets n samples and
+    `keep(path, completions)` gives its next path. Returns every path that ended; live ones get a final
+    continuation at max_steps."""
+    finished: list[StepPath] = []
     for _ in range(s.p.max_steps):
         reqs, owners, full = _requests(paths, s, n)
         finished += full
         if not reqs:
             return finished
-        outs = yield reqs
-        s.count(reqs, outs)
+        outs = yield from s.sample(reqs)
         grown = [keep(q, cs) for q, cs in zip(owners, outs)]
-        paths = [q for q in grown if q is not None and q.live]
-        finished += [q for q in grown if q is not None and not q.live]
+        paths = [q for q in grown if q.live]
+        finished += [q for q in grown if not q.live]
         s.fix(paths + finished)
         if not paths:
             return finished
@@ -214,8 +211,7 @@ def _finish(paths: list[StepPath], s: Search):
     """max_steps reached: finish every live path with one final continuation (one engine call)."""
     reqs, owners, done = _requests(paths, s, 1, final=True)
     if reqs:
-        outs = yield reqs
-        s.count(reqs, outs)
+        outs = yield from s.sample(reqs)
         done += [s.extend(path, cs[0], final=True) for path, cs in zip(owners, outs)]
     return done
 
@@ -225,13 +221,19 @@ STRATEGY_FUNCS = {"offline_bon": offline_bon, "online_bon": online_bon, "beam_se
 assert tuple(STRATEGY_FUNCS) == STRATEGIES, "a strategy needs its Shape in tts/params.py and its function here"
 
 
-def drive(engine, searches: Sequence[Search], progress: bool | None = None) -> list[StrategyResult]:
+def start(s: Search, tokenizer) -> StrategyGen:
+    """The generator of `s`'s strategy (what `drive` and the service's worker both run)."""
+    s.tokenizer = tokenizer
+    return STRATEGY_FUNCS[s.p.strategy](s, tokenizer)
+
+
+def drive(engine: Engine, searches: Sequence[Search], progress: bool | None = None) -> list[StrategyResult]:
     """Run one strategy per Search, one engine call per round for all of them."""
     from tqdm.auto import tqdm
 
     tokenizer = engine.tokenizer
-    start = time.perf_counter()
-    gens = [STRATEGY_FUNCS[s.p.strategy](s, tokenizer) for s in searches]
+    t0 = time.perf_counter()
+    gens = [start(s, tokenizer) for s in searches]
     pending: dict[int, list[GenerationRequest]] = {}
     finals: dict[int, tuple[StepPath, list[StepPath], float]] = {}
 
@@ -240,7 +242,7 @@ def drive(engine, searches: Sequence[Search], progress: bool | None = None) -> l
             pending[i] = gens[i].send(value)
         except StopIteration as stop:
             pending.pop(i, None)
-            finals[i] = (*stop.value, time.perf_counter() - start)
+            finals[i] = (*stop.value, time.perf_counter() - t0)
 
     for i in range(len(gens)):
         advance(i)
