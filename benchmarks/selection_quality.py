@@ -5,9 +5,13 @@ On the planted-kernels tiny model (fitted on the bundled C++ solutions and plant
 checked on CPU), prints:
   1. the mixture: what fresh samples at the default temperature are (reference / which planted
      fault / other), per problem, for a first prompt and a refinement prompt;
-  2. per strategy x scorer (and the execution verifier per strategy): the rate at which the chosen
-     kernel is correct, against a random pick among the same candidates and the oracle (any
-     candidate correct), the AUROC of the aggregated score for correctness, tokens per item;
+  2. per strategy x scorer, and per strategy with the execution verifier (it runs the candidates
+     against the reference) and with self-consistency by execution (`consensus`, by count, and
+     `consensus_weighted`, by score: the candidates' outputs vote, the reference is not consulted):
+     the rate at which the chosen kernel is correct, against a random pick among the same
+     candidates and the oracle (any candidate correct), the AUROC of the aggregated score for
+     correctness, tokens per item and sequences stopped early per item (deepconf; its samples are
+     offline best-of-N's with the same seeds, so the token difference is what stopping saved);
   3. per strategy, fast_0 per refinement round (execution-first selection, and what the score alone
      would have reported).
 The model's numbers test the toolkit, not a model.
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import kaggle_kit as kk
 from kaggle_kit.experiment import ExperimentConfig, load_tables, run
-from kaggle_kit.experiment.views import method_label
+from kaggle_kit.experiment.verifiers import method_label
 from kaggle_kit.experiment.plots import selection_table
 from kaggle_kit.tiny import ensure_tiny_model, planted
 from kernels_eval.problems import load_problems
@@ -67,7 +71,8 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="default: the tiny model cache (built if missing)")
     ap.add_argument("--problems", default="relu,vector_add,row_sum")
     ap.add_argument("--strategies", default="offline_bon,online_bon,beam_search")
-    ap.add_argument("--scorers", default="entropy,perplexity,sequence_prob")
+    ap.add_argument("--scorers", default="entropy,perplexity,critic")
+    ap.add_argument("--consensus-scorer", default="perplexity", help="the scorer consensus breaks ties (or weighs) with")
     ap.add_argument("--samples", type=int, default=4, help="items per problem and method")
     ap.add_argument("--mixture-samples", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3, help="refinement rounds (the last part)")
@@ -99,9 +104,11 @@ def main() -> int:
             cfg = config(f"{strategy}-{scorer}", strategy=strategy, scorer=scorer)
             run(cfg, progress=False, log=lambda m: None)
             frames.append(load_tables(cfg.folder))
-        cfg = config(f"{strategy}-execution", strategy=strategy, scorer="entropy", verifier="execution")
-        run(cfg, progress=False, log=lambda m: None)
-        frames.append(load_tables(cfg.folder))
+        for verifier in ("execution", "consensus", "consensus_weighted"):
+            scorer = "entropy" if verifier == "execution" else args.consensus_scorer  # execution ignores the score
+            cfg = config(f"{strategy}-{scorer}-{verifier}", strategy=strategy, scorer=scorer, verifier=verifier)
+            run(cfg, progress=False, log=lambda m: None)
+            frames.append(load_tables(cfg.folder))
         print(f"  {strategy}: done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     import pandas as pd
 

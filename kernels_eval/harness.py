@@ -190,6 +190,44 @@ def _compare(ref_out, new_out, new_inputs, tol: dict, device: str) -> tuple[bool
     return True, "", worst
 
 
+# Values an output signature keeps per tensor: the first and last EDGE (an off-by-one at either end)
+# and the rest at fixed pseudo-random positions; plus two whole-tensor sums (kernels_eval.consensus).
+SIGNATURE_POINTS, SIGNATURE_EDGE = 256, 16
+
+
+def _signature(out) -> list[dict] | None:
+    """What the candidate's output looks like, compact enough for a record: per output tensor its shape,
+    dtype, values at fixed positions and its sums of |x| and x^2 (float64, chunked). For self-consistency:
+    candidates whose signatures agree computed the same output (kernels_eval.consensus)."""
+    import math
+
+    import torch
+
+    sig = []
+    for t in _tensors(out):
+        if t.is_complex():
+            return None
+        flat = t.detach().reshape(-1)
+        n = flat.numel()
+        if n <= SIGNATURE_POINTS:
+            idx = torch.arange(n)
+        else:
+            spread = torch.randint(SIGNATURE_EDGE, n - SIGNATURE_EDGE, (SIGNATURE_POINTS - 2 * SIGNATURE_EDGE,),
+                                   generator=torch.Generator().manual_seed(n))
+            idx = torch.cat([torch.arange(SIGNATURE_EDGE), torch.arange(n - SIGNATURE_EDGE, n), spread])
+        values = flat[idx.to(flat.device)].double().cpu().tolist()
+        abs_sum = sq_sum = 0.0
+        for start in range(0, n, COMPARE_CHUNK):
+            chunk = flat[start:start + COMPARE_CHUNK].double()
+            abs_sum += float(chunk.abs().sum())
+            sq_sum += float(chunk.square().sum())
+        finite = math.isfinite(abs_sum) and math.isfinite(sq_sum)
+        sig.append({"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
+                    "values": [float(f"{v:.7g}") if math.isfinite(v) else None for v in values],
+                    "abs_sum": abs_sum if finite else None, "sq_sum": sq_sum if finite else None})
+    return sig or None
+
+
 def _close(r, n, atol: float, rtol: float) -> tuple[bool, bool, float]:
     """(same NaN/Inf pattern, allclose with equal_nan, max abs diff where the reference is finite),
     chunk by chunk: no copy of a whole output beyond a non-contiguous one's flat view."""
@@ -396,6 +434,14 @@ def _evaluate(spec: dict, send) -> dict:
                 clocks["sync"]()
         except Exception as e:
             return {**result, "trials": trial, **_candidate_error(f"trial {trial}", e, ref_bytes, gpu_total)}
+        if trial == 0:  # what it computed, whatever the reference says (self-consistency compares these)
+            try:
+                with _HarnessPhase("the output's signature"):
+                    result["output_signature"] = _signature(new_out)
+            except HarnessFailure:
+                raise
+            except Exception:  # an output we cannot summarise has no signature: it joins no group
+                result["output_signature"] = None
         ok, why, diff = _compare(ref_out, new_out, new_in, tol, device)
         del new_in, new_out, ref_out
         worst = max(worst, diff) if diff == diff else worst

@@ -44,6 +44,8 @@ class KernelEvalResult:
     cached_build: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)  # device, capability, torch/CUDA, dtype, timing method
     source_hash: str = ""
+    # the first trial's output, summarised (kernels_eval.consensus); None: no output (it failed before one)
+    output_signature: list[dict] | None = None
 
     @property
     def evaluated(self) -> bool:

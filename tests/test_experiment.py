@@ -202,6 +202,63 @@ def test_execution_verifier_prefers_working_code_over_confidence(tmp_path):
     assert [e.timed for e in ev.evaluations] == [False, False, True]  # only the chosen one is timed
 
 
+def _answer(forward: str) -> str:
+    return "```python\n" + py_candidate(f"        return {forward}") + "```\n"
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_consensus_picks_from_the_largest_group_of_agreeing_outputs_without_the_reference(tmp_path, weighted):
+    """Self-consistency by execution through the real isolated evaluator: candidates are grouped by what
+    they compute on the same inputs, never by the reference's answer. By count, a confident wrong kernel
+    loses to two that agree, and two that agree on a wrong answer win against one right one (that is the
+    method; the `execution` verifier, which knows the reference, chooses differently); weighed by score,
+    one confident candidate can outweigh a pair of doubtful ones."""
+    from kaggle_kit.experiment.generate import Job, make_record as _record
+    from kaggle_kit.experiment.runner import Runner
+    from kernels_eval.records import Candidate
+
+    verifier = "consensus_weighted" if weighted else "consensus"
+
+    def choose(answers, scores, name):
+        cfg = ExperimentConfig(experiment_name=name, out_dir=str(tmp_path), device="cpu", verifier=verifier, trials=1,
+                               problems=["relu"], service_url="http://unused")
+        runner = Runner(cfg, log=lambda m: None)
+        gen = _record(cfg, Job(RELU, 0, []), [Candidate(i, a, s) for i, (a, s) in enumerate(zip(answers, scores))],
+                      0, {}, [], 0.0)
+        try:
+            return runner.submit(gen).result()
+        finally:
+            runner.close()
+
+    relu, relu2, doubled, clamped = (_answer("torch.relu(x)"), _answer("torch.clamp(x, min=0.0)"), _answer("x * 2.0"),
+                                     _answer("torch.clamp(x, min=0.5)"))
+    ev = choose(["no code", doubled, relu, relu2], [0.99, 0.9, 0.2, 0.3], "a")
+    assert ev.selection["groups"] == [[1], [2, 3]]
+    assert ev.chosen == (1 if weighted else 3)  # the larger group, its best score; weighed: 0.9 beats 0.2 + 0.3
+    assert ev.selection["candidate_statuses"] == ["no_code", "incorrect", "correct", "correct"]
+    wrong_majority = choose([relu, clamped, clamped], [0.9, 0.1, 0.2], "b")
+    assert wrong_majority.selection["groups"] == [[0], [1, 2]]
+    # by count the agreeing pair wins, wrong as it is; weighed by score, 0.9 alone beats 0.1 + 0.2
+    assert wrong_majority.chosen == (0 if weighted else 2)
+
+
+def test_output_signatures_agree_within_the_tolerance_and_not_beyond():
+    from kernels_eval.consensus import agree, groups
+
+    def sig(values, shape=(4,), dtype="float32"):
+        return [{"shape": list(shape), "dtype": dtype, "values": values,
+                 "abs_sum": sum(abs(v) for v in values if v is not None), "sq_sum": sum(v * v for v in values if v is not None)}]
+
+    a = sig([1.0, -2.0, 3.0, 0.5])
+    assert agree(a, sig([1.00001, -2.0, 3.0, 0.5]))  # a different summation order
+    assert not agree(a, sig([1.01, -2.0, 3.0, 0.5]))
+    assert not agree(a, sig([1.0, -2.0, 3.0, 0.5], shape=(2, 2))) and not agree(a, sig([1.0, -2.0, 3.0, 0.5], dtype="float16"))
+    assert not agree(a, None) and not agree(None, None)
+    nan = sig([None, 1.0, 1.0, 1.0])
+    assert agree(nan, sig([None, 1.0, 1.0, 1.0])) and not agree(nan, sig([1.0, 1.0, 1.0, 1.0]))
+    assert groups({0: a, 1: None, 2: sig([9.0, 9.0, 9.0, 9.0]), 3: sig([1.0, -2.0, 3.0, 0.50001])}) == [[0, 3], [2]]
+
+
 @pytest.mark.vllm
 def test_problems_too_big_beside_the_engine_wait_for_it_to_sleep(registered, tiny_model_dir, tmp_path):
     """Beside an engine that leaves 100 MiB, relu (measured: 1000 MiB) waits and runs in one sleep of

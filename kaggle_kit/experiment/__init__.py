@@ -18,7 +18,8 @@ from kaggle_kit.experiment import merge
 from kaggle_kit.experiment.config import ExperimentConfig
 from kaggle_kit.experiment.driver import run
 from kaggle_kit.experiment.runner import RunOutcome
-from kaggle_kit.experiment.views import Tables, load_rounds, load_run, load_tables, method_label, write_tables
+from kaggle_kit.experiment.verifiers import VERIFIERS, method_label
+from kaggle_kit.experiment.views import Tables, load_rounds, load_run, load_tables, write_tables
 
 Experiment = Tables  # the notebook's name for the tables of a run
 
@@ -78,7 +79,7 @@ def grid_points(strategy, scorer, verifier) -> list[tuple[str, str, str]]:
     picks by running the candidates, so it runs once per strategy, not once per scorer."""
     points = []
     for s, v in itertools.product(_names(strategy), _names(verifier)):
-        for sc in (_names(scorer)[:1] if v == "execution" else _names(scorer)):
+        for sc in (_names(scorer) if VERIFIERS[v].uses_scorer else _names(scorer)[:1]):
             if (s, sc, v) not in points:
                 points.append((s, sc, v))
     return points

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_kit.config import ConfigError, add_field_arguments
+from kaggle_kit.experiment.verifiers import NAMES as VERIFIERS
 from kaggle_kit.tts.params import NAMES as TTS_NAMES
 from kaggle_kit.tts.params import TTSParams, wire_name
 
@@ -18,7 +19,6 @@ from kaggle_kit.tts.params import TTSParams, wire_name
 RESULT_FIELDS = ("seed", "device", "verifier", "trials", "problems_dir", "level", "model",
                  "refine_rounds", "refine_width", "target_speedup")
 _RECORDED_AS = {"enable_thinking": "thinking"}  # a TTS parameter's name in run.json, where it differs
-VERIFIERS = ("uncertainty", "execution")
 
 
 def _opt(default=None, help: str = "", flag: str | None = None, **argparse_kw):
@@ -49,7 +49,8 @@ class ExperimentConfig:
     evaluate: bool = _opt(True, "build and run the kernels")
     evaluate_candidates: bool = _opt(True, "evaluate every finished candidate, not only the chosen answer "
                                            "(the plots' AUROC)", flag="chosen_only")
-    verifier: str = _opt("uncertainty", "pick among candidates by their score, or by running them", choices=VERIFIERS)
+    verifier: str = _opt("uncertainty", "pick among candidates by their score, by running them against the reference "
+                                        "(execution), or by the agreement of their outputs (consensus)", choices=VERIFIERS)
     trials: int = _opt(5, "timed trials per kernel")
     run_timeout: float = _opt(180.0, "seconds a kernel's run may take", flag="timeout")
     compile_timeout: float = _opt(600.0, "seconds a kernel's build may take")

@@ -80,7 +80,8 @@ def _method(df: pd.DataFrame) -> pd.Series:
 def selection_table(results: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
     """Per method (round 1): how often the chosen kernel is correct, against a random pick among the
     same candidates (the mean fraction correct per item) and the oracle (any candidate correct), with
-    the AUROC of the score for correctness, the tokens spent and the geomean speedup of correct picks."""
+    the AUROC of the score for correctness, the tokens spent (and sequences stopped early for low
+    confidence, deepconf's saving) and the geomean speedup of correct picks."""
     rows = []
     res = results[results["round"] == 1] if "round" in results.columns else results
     cand = candidates[candidates["round"] == 1] if "round" in candidates.columns else candidates
@@ -93,6 +94,7 @@ def selection_table(results: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataF
                      "oracle": per_item.any().mean() if per_item is not None else np.nan,
                      "auroc": auroc(c["aggregated_score"], c["correct"]) if len(c) else np.nan,
                      "tokens_per_item": g["usage_generated_tokens"].mean(),
+                     "stopped_per_item": g["usage_early_stopped"].mean() if "usage_early_stopped" in g else np.nan,
                      "geomean_speedup": float(np.exp(np.log(sp[sp > 0]).mean())) if (sp > 0).any() else np.nan})
     return pd.DataFrame(rows)
 

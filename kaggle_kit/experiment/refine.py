@@ -30,7 +30,8 @@ from kernels_eval.records import EvaluatedRecord, Evaluation, GeneratedRecord
 
 from kaggle_kit.experiment.config import ExperimentConfig
 from kaggle_kit.experiment.generate import Job
-from kaggle_kit.experiment.runner import Runner, score_key
+from kaggle_kit.experiment.runner import Runner
+from kaggle_kit.experiment.verifiers import score_key
 
 ATTEMPTS = "attempts.sqlite"
 

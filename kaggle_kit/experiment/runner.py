@@ -31,6 +31,7 @@ from kernels_eval.records import EvaluatedRecord, Evaluation, GeneratedRecord, R
 from kaggle_kit.experiment.config import ExperimentConfig, check_resumable
 from kaggle_kit.experiment.deadline import deadline, describe
 from kaggle_kit.experiment.generate import Job, generate_local, generate_remote
+from kaggle_kit.experiment.verifiers import VERIFIERS
 
 RECORDS = "records.jsonl"
 # Until a batch has been measured: seconds per generated token (a 14B AWQ model on two T4s
@@ -205,14 +206,12 @@ class Runner:
 
         n = len(gen.candidates)
         selection = {"verifier": self.cfg.verifier, "uncertainty_choice": gen.chosen}
-        if self.cfg.verifier == "execution" and n > 1:
+        verifier = VERIFIERS[self.cfg.verifier]
+        if verifier.runs_all and n > 1:
             first = {i: ask(i, self.time_all) for i in range(n)}
             checked = {i: f.result() for i, f in first.items()}
-            # passes cleanly > passes but flagged > compiles > the uncertainty score (ties: earliest)
-            rank = lambda i: (checked[i][1].counts_as_correct, checked[i][1].correct,  # noqa: E731
-                              checked[i][1].compiled, score_key(gen.candidates[i].score), -i)
-            chosen = max(range(n), key=rank)
-            selection.update(candidate_statuses=[checked[i][1].status.value for i in range(n)])
+            chosen, details = verifier.choose(gen, checked)
+            selection.update(candidate_statuses=[checked[i][1].status.value for i in range(n)], **details)
             futures = {i: f for i, f in first.items() if i != chosen} | {chosen: ask(chosen, True)}
         else:
             chosen = gen.chosen
@@ -262,13 +261,8 @@ def item_seconds(cfg: ExperimentConfig, workers: int) -> tuple[float, float]:
     """(generation, evaluation) seconds per item before anything is measured: upper bounds from the
     tokens a strategy keeps in flight and the candidates it builds (also the shard planner's estimate)."""
     gen = cfg.tts.in_flight * cfg.tts.max_tokens / DEFAULT_TOKENS_PER_S[cfg.device] / max(1, cfg.batch_size)
-    width = 1 + (cfg.tts.finalists - 1) * (cfg.evaluate_candidates or cfg.verifier == "execution")
+    width = 1 + (cfg.tts.finalists - 1) * (cfg.evaluate_candidates or VERIFIERS[cfg.verifier].runs_all)
     return gen, (width * DEFAULT_BUILD_S[cfg.device] / max(1, workers) if cfg.evaluate else 0.0)
-
-
-def score_key(x) -> float:
-    """A candidate's uncertainty score for ranking: a missing or NaN score ranks last."""
-    return x if isinstance(x, (int, float)) and x == x else float("-inf")
 
 
 def _local_engine(model: str | None):

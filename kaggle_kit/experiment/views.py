@@ -16,6 +16,8 @@ import pandas as pd
 from kernels_eval.metrics import summary as metrics_summary
 from kernels_eval.records import EvaluatedRecord, GeneratedRecord, RecordStore
 
+from kaggle_kit.experiment.verifiers import method_label
+
 EVAL_COLUMNS = ("status", "compiled", "correct", "speedup", "runtime_ms", "ref_runtime_ms", "runtime_spread")
 
 
@@ -37,12 +39,6 @@ def _eval_fields(prefix: str, ev) -> dict:
     return ({f"{prefix}{k}": d[k] for k in EVAL_COLUMNS}
             | {f"{prefix}flags": ",".join(r.flags), f"{prefix}counts": r.counts_as_correct,
                f"{prefix}evaluated": r.evaluated})
-
-
-def method_label(strategy: str, scorer: str, verifier: str = "uncertainty") -> str:
-    """How a run picks its kernel, as figures and tables name it: 'beam_search/entropy', or
-    'offline_bon/execution' when candidates are picked by running them."""
-    return f"{strategy}/{'execution' if verifier == 'execution' else scorer}"
 
 
 def run_verifier(folder: Path) -> str:
