@@ -311,196 +311,246 @@ def _time_pair(ref_fn, new_fn, device: str, warmup: int, iters: int, rounds: int
         max(ref_meds) / max(min(ref_meds), 1e-12)
 
 
+class _Verdict(Exception):
+    """A phase decided the candidate's outcome early: `result` is what the harness reports."""
+
+    def __init__(self, result: dict):
+        super().__init__(result.get("status"))
+        self.result = result
+
+
 def _evaluate(spec: dict, send) -> dict:
     """Reference module and candidate build first (CPU only, so builds can run side by side);
-    then, holding the device lock if one is given, everything that touches the device."""
-    import threading
-
-    import torch
-
-    device = spec["device"]
-    gpu_total = spec.get("gpu_total_bytes")  # the whole GPU the evaluator may have, if less than the card
-    clocks = _clock_functions(device)  # captured before the candidate exists
-    provenance = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda, "dtype": "float32",
-                  "timing": "cuda_events+l2_flush" if device == "cuda" else "perf_counter_ns"}
-    if device == "cpu":
-        # One thread for reference and candidate alike: a shared CPU's thread pool stalls on
-        # busy cores and would make either side look arbitrarily slow.
-        torch.set_num_threads(int(spec.get("cpu_threads") or 1))
-        provenance.update(device_name="cpu", threads=torch.get_num_threads())
-
-    ref_mod = _load_module("kk_reference", spec["problem_source"], os.path.join(spec["scratch"], "reference.py"))
-    if device == "cpu":
-        for k, v in (getattr(ref_mod, "cpu_sizes", None) or {}).items():
-            setattr(ref_mod, k, v)
-    init_inputs = ref_mod.get_init_inputs()
-    seed = spec["seed"]
-    threads_before = threading.active_count()
-
-    send({"phase": "compiling"})
-    t0 = _perf()
+    then, holding the device lock if one is given, everything that touches the device. Each phase
+    either hands the next what it needs or ends the evaluation with the candidate's verdict."""
+    ev = _Evaluation(spec, send)
     try:
-        cand = _load_module("kk_candidate", spec["candidate_source"], os.path.join(spec["scratch"], "candidate.py"))
-    except Exception as e:
-        text = f"{type(e).__name__}: {e}"
-        building = "Error building extension" in text or type(e).__name__ in ("CalledProcessError", "SyntaxError")
-        return {"status": "compile_error" if building else "runtime_error", "message": text[-3000:],
-                "provenance": provenance}
-    compile_s = _perf() - t0
-    send({"phase": "compiled", "compile_s": compile_s})
-    result = {"compiled": True, "compile_s": compile_s, "provenance": provenance, "flags": []}
-    flags = result["flags"]
+        ev.build()
+        ev.take_device()
+        ev.check()
+        if spec["timing"]:
+            ev.time()
+    except _Verdict as v:
+        return v.result
+    return ev.finish()
 
-    ModelNew = getattr(cand, "ModelNew", None)
-    if ModelNew is None or not isinstance(ModelNew, type):
-        return {**result, "status": "rejected", "message": "the candidate defines no class ModelNew"}
-    if issubclass(ModelNew, ref_mod.Model):
-        flags.append("no_custom_kernel")
-    extensions, calls = _count_extension_calls()
-    src = spec["candidate_source"]
-    if any(s in src for s in ("cudaStreamCreate", "torch.cuda.Stream(", "torch.cuda.stream(", "at::cuda::getStreamFromPool")):
-        flags.append("extra_streams")
-    if "std::thread" in src or "threading.Thread" in src or "multiprocessing" in src:
-        flags.append("extra_threads")
 
-    lock = _acquire(spec.get("device_lock"))  # held until this process exits, whatever happens
-    send({"phase": "running", "waited_s": lock})
-    with _HarnessPhase("setting up the device"):
-        if device == "cuda":
-            if not torch.cuda.is_available():
-                raise HarnessFailure("device=cuda but no CUDA device is visible")
-            p = torch.cuda.get_device_properties(0)
-            l2 = int(getattr(p, "L2_cache_size", 0) or 0)
-            flush_bytes = spec.get("flush_bytes") or max(2 * l2, 1 << 20)  # evict the whole L2, no more
-            provenance.update(device_name=p.name, capability=f"{p.major}.{p.minor}", l2_bytes=l2,
-                              flush_bytes=flush_bytes, arch_list=os.environ.get("TORCH_CUDA_ARCH_LIST", "auto"))
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            flush_bytes = 0
-        torch.manual_seed(seed)
-        ref = ref_mod.Model(*init_inputs).to(device).eval()
-    torch.manual_seed(seed)
-    try:
-        new = ModelNew(*init_inputs).to(device).eval()
-    except Exception as e:
-        return {**result, **_candidate_error("ModelNew(*get_init_inputs()) failed", e, gpu_total_bytes=gpu_total)}
-    try:
-        new.load_state_dict(ref.state_dict(), strict=True)
-        provenance["weights"] = "copied"
-    except Exception:
-        provenance["weights"] = "same_seed"  # names differ: both were built after the same manual_seed
+class _Evaluation:
+    """One candidate's evaluation, phase by phase (the spec is the parent's JSON: see evaluate.py)."""
 
-    def inputs_for(trial_seed: int):
-        # The same seed gives the same inputs: each model gets its own fresh copy, and only one
-        # model's tensors are on the device at a time. Made on the device itself (torch.rand of
-        # KernelBench's multi-GB inputs takes seconds on a host, microseconds on a GPU); a
-        # get_inputs() that cannot run there makes them on the host.
+    def __init__(self, spec: dict, send):
+        import threading
+
+        import torch
+
+        self.spec, self.send, self.torch = spec, send, torch
+        self.device = spec["device"]
+        self.gpu_total = spec.get("gpu_total_bytes")  # the whole GPU the evaluator may have, if less than the card
+        self.clocks = _clock_functions(self.device)  # captured before the candidate exists
+        self.provenance = {"device": self.device, "torch": torch.__version__, "cuda": torch.version.cuda,
+                           "dtype": "float32",
+                           "timing": "cuda_events+l2_flush" if self.device == "cuda" else "perf_counter_ns"}
+        if self.device == "cpu":
+            # One thread for reference and candidate alike: a shared CPU's thread pool stalls on
+            # busy cores and would make either side look arbitrarily slow.
+            torch.set_num_threads(int(spec.get("cpu_threads") or 1))
+            self.provenance.update(device_name="cpu", threads=torch.get_num_threads())
+        self.ref_mod = _load_module("kk_reference", spec["problem_source"], os.path.join(spec["scratch"], "reference.py"))
+        if self.device == "cpu":
+            for k, v in (getattr(self.ref_mod, "cpu_sizes", None) or {}).items():
+                setattr(self.ref_mod, k, v)
+        self.init_inputs = self.ref_mod.get_init_inputs()
+        self.seed = spec["seed"]
+        self.threads_before = threading.active_count()
+        self.result: dict = {}
+        self.flush_bytes = 0
+
+    # -- the build (CPU only) ------------------------------------------------------------------------
+    def build(self) -> None:
+        """Import the candidate (load_inline builds here) and look at what it defines."""
+        spec = self.spec
+        self.send({"phase": "compiling"})
+        t0 = _perf()
+        try:
+            cand = _load_module("kk_candidate", spec["candidate_source"], os.path.join(spec["scratch"], "candidate.py"))
+        except Exception as e:
+            text = f"{type(e).__name__}: {e}"
+            building = "Error building extension" in text or type(e).__name__ in ("CalledProcessError", "SyntaxError")
+            raise _Verdict({"status": "compile_error" if building else "runtime_error", "message": text[-3000:],
+                            "provenance": self.provenance}) from None
+        compile_s = _perf() - t0
+        self.send({"phase": "compiled", "compile_s": compile_s})
+        self.result = {"compiled": True, "compile_s": compile_s, "provenance": self.provenance, "flags": []}
+        self.ModelNew = getattr(cand, "ModelNew", None)
+        if self.ModelNew is None or not isinstance(self.ModelNew, type):
+            raise _Verdict({**self.result, "status": "rejected", "message": "the candidate defines no class ModelNew"})
+        flags = self.result["flags"]
+        if issubclass(self.ModelNew, self.ref_mod.Model):
+            flags.append("no_custom_kernel")
+        self.extensions, self.calls = _count_extension_calls()
+        src = spec["candidate_source"]
+        if any(s in src for s in ("cudaStreamCreate", "torch.cuda.Stream(", "torch.cuda.stream(", "at::cuda::getStreamFromPool")):
+            flags.append("extra_streams")
+        if "std::thread" in src or "threading.Thread" in src or "multiprocessing" in src:
+            flags.append("extra_threads")
+
+    # -- on the device --------------------------------------------------------------------------------
+    def take_device(self) -> None:
+        """Hold the device lock (until this process exits, whatever happens); set the device up; make
+        both models, the candidate with the reference's weights where their names match."""
+        torch, device = self.torch, self.device
+        waited = _acquire(self.spec.get("device_lock"))
+        self.send({"phase": "running", "waited_s": waited})
+        with _HarnessPhase("setting up the device"):
+            if device == "cuda":
+                if not torch.cuda.is_available():
+                    raise HarnessFailure("device=cuda but no CUDA device is visible")
+                p = torch.cuda.get_device_properties(0)
+                l2 = int(getattr(p, "L2_cache_size", 0) or 0)
+                self.flush_bytes = self.spec.get("flush_bytes") or max(2 * l2, 1 << 20)  # evict the whole L2, no more
+                self.provenance.update(device_name=p.name, capability=f"{p.major}.{p.minor}", l2_bytes=l2,
+                                       flush_bytes=self.flush_bytes,
+                                       arch_list=os.environ.get("TORCH_CUDA_ARCH_LIST", "auto"))
+                torch.cuda.reset_peak_memory_stats()
+            torch.manual_seed(self.seed)
+            self.ref = self.ref_mod.Model(*self.init_inputs).to(device).eval()
+        torch.manual_seed(self.seed)
+        try:
+            self.new = self.ModelNew(*self.init_inputs).to(device).eval()
+        except Exception as e:
+            raise _Verdict({**self.result, **_candidate_error("ModelNew(*get_init_inputs()) failed", e,
+                                                                gpu_total_bytes=self.gpu_total)}) from None
+        try:
+            self.new.load_state_dict(self.ref.state_dict(), strict=True)
+            self.provenance["weights"] = "copied"
+        except Exception:
+            self.provenance["weights"] = "same_seed"  # names differ: both were built after the same manual_seed
+
+    def inputs_for(self, trial_seed: int):
+        """The same seed gives the same inputs: each model gets its own fresh copy, and only one model's
+        tensors are on the device at a time. Made on the device itself (torch.rand of KernelBench's
+        multi-GB inputs takes seconds on a host, microseconds on a GPU); a get_inputs() that cannot run
+        there makes them on the host."""
+        torch, device = self.torch, self.device
         with _HarnessPhase("making the inputs"):
             torch.manual_seed(trial_seed)
             if device == "cuda":
                 try:
                     with torch.device("cuda"):
-                        return _to(ref_mod.get_inputs(), device)
+                        return _to(self.ref_mod.get_inputs(), device)
                 except Exception as e:  # noqa: BLE001 - out of memory is the harness's; anything else: try the host
                     if _OOM.search(str(e)):
                         raise
                     torch.manual_seed(trial_seed)
-            return _to(ref_mod.get_inputs(), device)
+            return _to(self.ref_mod.get_inputs(), device)
 
-    def keep_reference_output(out):
+    def _keep_reference_output(self, out):
         # On the GPU while it has room for both outputs and the candidate's work; else on the host.
-        if device != "cuda":
+        if self.device != "cuda":
             return out
         size = sum(t.nbytes for t in _tensors(out))
-        return out if torch.cuda.mem_get_info()[0] > 4 * size + (512 << 20) else _to(out, "cpu")
+        return out if self.torch.cuda.mem_get_info()[0] > 4 * size + (512 << 20) else _to(out, "cpu")
 
-    tol = spec["tolerances"]
-    worst, ref_bytes = 0.0, 0  # ref_bytes: the most the reference's forward took on the host (CPU runs)
-    for trial in range(spec["trials"]):
-        trial_seed = seed + 1000 + trial  # fresh inputs every trial: replayed or constant answers fail
-        with _HarnessPhase(f"trial {trial}: the reference"):
-            ref_in = inputs_for(trial_seed)
-            peak = _host_peak()
-            with torch.no_grad():
-                ref_out = keep_reference_output(ref(*ref_in))
-            if device == "cpu":
-                ref_bytes = max(ref_bytes, _host_peak() - peak, sum(t.nbytes for t in _tensors(ref_out)))
-            del ref_in
-        new_in = inputs_for(trial_seed)
-        try:
-            with torch.no_grad():
-                new_out = new(*new_in)
-            if device == "cuda":
-                clocks["sync"]()
-        except Exception as e:
-            return {**result, "trials": trial, **_candidate_error(f"trial {trial}", e, ref_bytes, gpu_total)}
-        if trial == 0:  # what it computed, whatever the reference says (self-consistency compares these)
+    def check(self) -> None:
+        """Correctness: fresh inputs every trial (replayed or constant answers fail), each output
+        compared with the reference's; the first trial's output signature is kept whatever it says."""
+        torch, device, spec, result = self.torch, self.device, self.spec, self.result
+        worst, ref_bytes = 0.0, 0  # ref_bytes: the most the reference's forward took on the host (CPU runs)
+        for trial in range(spec["trials"]):
+            trial_seed = self.seed + 1000 + trial
+            with _HarnessPhase(f"trial {trial}: the reference"):
+                ref_in = self.inputs_for(trial_seed)
+                peak = _host_peak()
+                with torch.no_grad():
+                    ref_out = self._keep_reference_output(self.ref(*ref_in))
+                if device == "cpu":
+                    ref_bytes = max(ref_bytes, _host_peak() - peak, sum(t.nbytes for t in _tensors(ref_out)))
+                del ref_in
+            new_in = self.inputs_for(trial_seed)
             try:
-                with _HarnessPhase("the output's signature"):
-                    result["output_signature"] = _signature(new_out)
-            except HarnessFailure:
-                raise
-            except Exception:  # an output we cannot summarise has no signature: it joins no group
-                result["output_signature"] = None
-        ok, why, diff = _compare(ref_out, new_out, new_in, tol, device)
-        del new_in, new_out, ref_out
-        worst = max(worst, diff) if diff == diff else worst
-        if not ok:
-            return {**result, "status": "incorrect", "trials": trial + 1, "max_abs_diff": diff,
-                    "message": f"trial {trial}: {why}"}
-    result.update(status="correct", correct=True, trials=spec["trials"], max_abs_diff=worst)
-    if extensions and calls["n"] == 0:
-        flags.append("no_custom_kernel")
-    if not extensions and "no_custom_kernel" not in flags:
-        flags.append("no_custom_kernel")
-    if threading.active_count() > threads_before:
-        flags.append("extra_threads")
+                with torch.no_grad():
+                    new_out = self.new(*new_in)
+                if device == "cuda":
+                    self.clocks["sync"]()
+            except Exception as e:
+                raise _Verdict({**result, "trials": trial,
+                                **_candidate_error(f"trial {trial}", e, ref_bytes, self.gpu_total)}) from None
+            if trial == 0:  # what it computed, whatever the reference says (self-consistency compares these)
+                try:
+                    with _HarnessPhase("the output's signature"):
+                        result["output_signature"] = _signature(new_out)
+                except HarnessFailure:
+                    raise
+                except Exception:  # an output we cannot summarise has no signature: it joins no group
+                    result["output_signature"] = None
+            ok, why, diff = _compare(ref_out, new_out, new_in, spec["tolerances"], device)
+            del new_in, new_out, ref_out
+            worst = max(worst, diff) if diff == diff else worst
+            if not ok:
+                raise _Verdict({**result, "status": "incorrect", "trials": trial + 1, "max_abs_diff": diff,
+                                "message": f"trial {trial}: {why}"})
+        result.update(status="correct", correct=True, trials=spec["trials"], max_abs_diff=worst)
+        flags = result["flags"]
+        if (not self.extensions or self.calls["n"] == 0) and "no_custom_kernel" not in flags:
+            flags.append("no_custom_kernel")  # no compiled code loaded, or none of it called
+        import threading
 
-    if spec["timing"]:
-        ref_in, new_in = inputs_for(seed + 99), inputs_for(seed + 99)
+        if threading.active_count() > self.threads_before:
+            flags.append("extra_threads")
+
+    def time(self) -> None:
+        """Reference and candidate timed in this process, interleaved (and against torch.compile if asked)."""
+        torch, device, spec, result = self.torch, self.device, self.spec, self.result
+        ref_in, new_in = self.inputs_for(self.seed + 99), self.inputs_for(self.seed + 99)
 
         def run_ref():
             with torch.no_grad():
-                ref(*ref_in)
+                self.ref(*ref_in)
 
         def run_new():
             with torch.no_grad():
-                new(*new_in)
+                self.new(*new_in)
 
         try:
             sleep_us = float(spec.get("sleep_us") or 0) if device == "cuda" else 0.0
             ref_ms, new_ms, spread, ref_spread = _time_pair(run_ref, run_new, device, spec["warmup"], spec["iters"],
-                                                            spec["rounds"], flush_bytes, clocks, sleep_us)
+                                                            spec["rounds"], self.flush_bytes, self.clocks, sleep_us)
             result.update(ref_runtime_ms=ref_ms, runtime_ms=new_ms, runtime_spread=spread,
                           speedup=ref_ms / new_ms if new_ms > 0 else None)
-            provenance.update(iters=spec["iters"], rounds=spec["rounds"], ref_spread=ref_spread, launch_slack_us=sleep_us)
+            self.provenance.update(iters=spec["iters"], rounds=spec["rounds"], ref_spread=ref_spread,
+                                   launch_slack_us=sleep_us)
             if spec.get("compare_compile"):  # the stronger baseline: the reference through torch.compile
-                compiled = torch.compile(ref)
+                compiled = torch.compile(self.ref)
 
                 def run_compiled():
                     with torch.no_grad():
                         compiled(*ref_in)
 
                 comp_ms, new_ms2, _, _ = _time_pair(run_compiled, run_new, device, spec["warmup"], spec["iters"],
-                                                    spec["rounds"], flush_bytes, clocks, sleep_us)
+                                                    spec["rounds"], self.flush_bytes, self.clocks, sleep_us)
                 result.update(compiled_ref_runtime_ms=comp_ms,
                               speedup_vs_compile=comp_ms / new_ms2 if new_ms2 > 0 else None)
         except HarnessFailure:
             raise
         except Exception as e:
-            return {**result, "status": "runtime_error", "correct": False, **_candidate_error("timing", e, gpu_total_bytes=gpu_total)}
+            raise _Verdict({**result, "status": "runtime_error", "correct": False,
+                            **_candidate_error("timing", e, gpu_total_bytes=self.gpu_total)}) from None
         if result["speedup"] and result["speedup"] > spec["implausible_speedup"]:
-            flags.append("implausible_speedup")
-    if device == "cuda":
-        provenance.update(_gpu_memory(torch))
-    provenance["host_peak_mb"] = round(_host_peak() / 2**20, 1)
-    now = _clock_functions(device)
-    tampered = [k for k, v in clocks.items() if now[k] is not v]
-    if tampered:
-        flags.append("timer_tampering")
-        result["message"] = f"replaced timing functions: {', '.join(tampered)}"
-    result["flags"] = sorted(set(flags))
-    return result
+            result["flags"].append("implausible_speedup")
+
+    def finish(self) -> dict:
+        """Memory and clocks: the candidate's peak use, and whether it replaced the timing functions."""
+        result = self.result
+        if self.device == "cuda":
+            self.provenance.update(_gpu_memory(self.torch))
+        self.provenance["host_peak_mb"] = round(_host_peak() / 2**20, 1)
+        now = _clock_functions(self.device)
+        tampered = [k for k, v in self.clocks.items() if now[k] is not v]
+        if tampered:
+            result["flags"].append("timer_tampering")
+            result["message"] = f"replaced timing functions: {', '.join(tampered)}"
+        result["flags"] = sorted(set(result["flags"]))
+        return result
 
 
 def _host_peak() -> int:
