@@ -5,10 +5,11 @@ import pytest
 
 from kaggle_kit.config import ConfigError, Settings, parse_backend_list
 from kaggle_kit.engine import emulate
-from kaggle_kit.engine.loader import GPUInfo, Hardware, find_model_path, plan_load
+from kaggle_kit.engine.loader import GPU, Hardware, find_model_path, plan_load
 
-T4x2 = Hardware((GPUInfo("Tesla T4", (7, 5), 15.0), GPUInfo("Tesla T4", (7, 5), 15.0)))
-H100 = Hardware((GPUInfo("NVIDIA H100", (9, 0), 80.0),))
+GIB = 2**30
+T4x2 = Hardware((GPU("Tesla T4", (7, 5), 15 * GIB), GPU("Tesla T4", (7, 5), 15 * GIB)))
+H100 = Hardware((GPU("NVIDIA H100", (9, 0), 80 * GIB),))
 CPU = Hardware()
 
 
@@ -133,7 +134,7 @@ def test_no_model_lists_where_it_looked(tmp_path):
 # The tiny model's shapes (kaggle_kit/tiny/model.py): 2 layers, 4/2 heads of 64, MLP 256.
 TINY_SHAPES = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, head_dim=64, vocab_size=151936, max_position_embeddings=32768)
-H200 = Hardware((GPUInfo("NVIDIA H200", (9, 0), 139.8),))
+H200 = Hardware((GPU("NVIDIA H200", (9, 0), int(139.8 * GIB)),))
 
 
 def test_kv_cache_is_sized_to_the_session_on_a_card_far_too_big(tmp_path, awq_model):
@@ -246,4 +247,5 @@ def test_hardware_is_read_without_a_cuda_context(tmp_path, monkeypatch):
     monkeypatch.setenv("KK_EMULATE_GPU", "Tesla T4:7.5:14.75")
     hw = detect_hardware()
     assert [g.name for g in hw.gpus] == ["Tesla T4 (emulated on Tesla T4)"] * 2 and hw.min_capability == (7, 5)
-    assert hw.gpus[0].real_memory_gb == 15.0
+    assert hw.gpus[0].real_total_bytes == 15 * GIB and hw.gpus[0].total_bytes == int(14.75 * GIB)
+    assert hw.gpus[0].free_bytes == 15000 * 2**20  # what is really free, under the card it stands for

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ENV = "KK_EMULATE_GPU"
 
@@ -29,6 +29,18 @@ class TargetGPU:
 
     def label(self, real_name: str) -> str:
         return f"{self.name} (emulated on {real_name})"
+
+
+def as_target(gpus: list) -> list:
+    """The visible GPUs (nvsmi.GPU) as the emulated card when one is set: its name, capability and
+    memory, each remembering its real size; unchanged otherwise."""
+    t = target()
+    if not t:
+        return list(gpus)
+    size = int(t.memory_gb * 2**30)
+    return [replace(g, name=t.label(g.name), capability=t.capability, total_bytes=size,
+                    free_bytes=None if g.free_bytes is None else min(g.free_bytes, size), real_total_bytes=g.total_bytes)
+            for g in gpus]
 
 
 def target() -> TargetGPU | None:

@@ -23,9 +23,7 @@ def asleep_capacity_mib(total_mib: float) -> float:
 def evaluator_memory() -> tuple[float, float] | None:
     """(MiB free now beside the engine, MiB the evaluator gets with the engine asleep) on the
     evaluator's GPU; None without a GPU."""
-    gpus = nvsmi.query()[0]
+    gpus = emulate.as_target(nvsmi.query()[0])  # a rehearsed card: its size, and what is really free on it
     if not gpus:
         return None
-    target = emulate.target()
-    total = target.memory_gb * 1024 if target else gpus[0].total_bytes / nvsmi.MIB
-    return gpus[0].free_bytes / nvsmi.MIB, asleep_capacity_mib(total)
+    return gpus[0].free_bytes / nvsmi.MIB, asleep_capacity_mib(gpus[0].total_bytes / nvsmi.MIB)

@@ -56,17 +56,12 @@ CPU_ENV_DEFAULTS = {
 }
 
 
-@dataclass(frozen=True)
-class GPUInfo:
-    name: str
-    capability: tuple[int, int]
-    total_memory_gb: float = 0.0
-    real_memory_gb: float | None = None  # set when this GPU emulates a smaller target ($KK_EMULATE_GPU)
+GPU = nvsmi.GPU  # the one view of a GPU (name, capability, bytes; the real size when it emulates a smaller one)
 
 
 @dataclass(frozen=True)
 class Hardware:
-    gpus: tuple[GPUInfo, ...] = ()
+    gpus: tuple[GPU, ...] = ()
 
     @property
     def min_capability(self) -> tuple[int, int] | None:
@@ -85,15 +80,7 @@ class LoadPlan:
 def detect_hardware() -> Hardware:
     """The visible GPUs (nvidia-smi: this process gets no CUDA context, so vLLM can fork its workers),
     as the target card when one is emulated ($KK_EMULATE_GPU)."""
-    emulated = emulate.target()
-    gpus = []
-    for g in nvsmi.query()[0] or _torch_gpus():
-        info = GPUInfo(g.name, g.capability, g.total_bytes / 2**30)
-        if emulated:
-            info = GPUInfo(emulated.label(g.name), emulated.capability, emulated.memory_gb,
-                           real_memory_gb=info.total_memory_gb)
-        gpus.append(info)
-    return Hardware(tuple(gpus))
+    return Hardware(tuple(emulate.as_target(nvsmi.query()[0] or _torch_gpus())))
 
 
 def _torch_gpus() -> list:
@@ -105,7 +92,7 @@ def _torch_gpus() -> list:
     if not torch.cuda.is_available():
         return []
     props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
-    return [nvsmi.SmiGPU(p.name, (p.major, p.minor), p.total_memory, p.total_memory) for p in props]
+    return [GPU(p.name, (p.major, p.minor), p.total_memory) for p in props]
 
 
 def find_model_path(model_path: str | None = None, settings: Settings | None = None) -> str:
@@ -276,7 +263,7 @@ def _size_kv_to_session(kwargs: dict, cfg: dict, model_path: str, hardware: Hard
         return  # a config without the sizes: leave vLLM's sizing alone
     tp = int(kwargs.get("tensor_parallel_size") or 1)
     mml = int(kwargs["max_model_len"])
-    plan = plan_memory(shape, int(min(g.total_memory_gb for g in hardware.gpus) * GIB), tensor_parallel_size=tp,
+    plan = plan_memory(shape, min(g.total_bytes for g in hardware.gpus), tensor_parallel_size=tp,
                        gpu_memory_utilization=float(kwargs.get("gpu_memory_utilization") or 0.9), max_model_len=mml,
                        dtype_bytes=DTYPE_BYTES.get(str(kwargs.get("dtype", "auto")), 2),
                        weights_bytes=weights_on_disk(model_path))
@@ -296,9 +283,9 @@ def load_model(model_path: str | None = None, *, hardware: Hardware | None = Non
     if plan.device == "cuda":  # before vLLM starts: where Triton and vLLM keep what they compile
         plan.notes.append(compile_cache.use_compile_cache(Settings.from_env().kaggle_input_dir).describe())
     kwargs = dict(plan.llm_kwargs)
-    real_gb = min((g.real_memory_gb for g in hardware.gpus if g.real_memory_gb), default=None)
-    if real_gb:  # rehearsing a smaller card: its budget in bytes, and its weight kernels, on this one
-        target_gb = min(g.total_memory_gb for g in hardware.gpus)
+    real = min((g.real_total_bytes for g in hardware.gpus if g.real_total_bytes), default=None)
+    if real:  # rehearsing a smaller card: its budget in bytes, and its weight kernels, on this one
+        target_gb, real_gb = min(g.total_bytes for g in hardware.gpus) / GIB, real / GIB
         os.environ.setdefault("VLLM_DISABLED_KERNELS", emulate.disabled_kernels(hardware.min_capability))
         util = float(kwargs.get("gpu_memory_utilization") or 0.9)
         kwargs["gpu_memory_utilization"] = emulate.scale_utilization(util, target_gb, real_gb)
@@ -308,9 +295,9 @@ def load_model(model_path: str | None = None, *, hardware: Hardware | None = Non
         log.info("load_model: %s", note)
     from vllm import LLM  # heavy: imported only when a model is really loaded
 
-    before = emulate.free_bytes() if real_gb else []
+    before = emulate.free_bytes() if real else []
     llm = LLM(**kwargs)
-    if real_gb:  # what the target card leaves beside the engine, and no more
+    if real:  # what the target card leaves beside the engine, and no more
         # The engine's allocator keeps what its warm-up took; the rest of the target's budget is held too,
         # as a 14B model's KV cache would fill it: the evaluator sees only the target's headroom.
         budget, headroom = int(target_gb * GIB * util), int(target_gb * GIB * (1 - util))

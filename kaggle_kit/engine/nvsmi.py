@@ -16,14 +16,17 @@ MIB = 2**20
 
 
 @dataclass(frozen=True)
-class SmiGPU:
+class GPU:
+    """One visible GPU: the one view of it that the loader, the doctor and the emulation share."""
     name: str
     capability: tuple[int, int]
     total_bytes: int
-    free_bytes: int
+    free_bytes: int | None = None
+    l2_bytes: int | None = None
+    real_total_bytes: int | None = None  # set when it stands for a smaller card it emulates ($KK_EMULATE_GPU)
 
 
-def query(timeout: float = 30.0) -> tuple[list[SmiGPU], str | None, str | None]:
+def query(timeout: float = 30.0) -> tuple[list[GPU], str | None, str | None]:
     """(visible GPUs, driver version, the newest CUDA the driver runs); ([], None, None) without nvidia-smi."""
     exe = shutil.which("nvidia-smi")
     if not exe:
@@ -39,7 +42,7 @@ def query(timeout: float = 30.0) -> tuple[list[SmiGPU], str | None, str | None]:
         try:
             name, cap, total, free, driver = [x.strip() for x in line.split(",")]
             major, minor = cap.split(".")
-            gpus.append(SmiGPU(name, (int(major), int(minor)), int(float(total)) * MIB, int(float(free)) * MIB))
+            gpus.append(GPU(name, (int(major), int(minor)), int(float(total)) * MIB, int(float(free)) * MIB))
         except ValueError:
             continue  # a row nvidia-smi could not fill ("[N/A]")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

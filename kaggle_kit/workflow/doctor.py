@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,7 @@ MIN_DRIVER_FOR_CUDA = {11: (450, 80, 2), 12: (525, 60, 13), 13: (580, 65, 6)}
 WHEELS_HINT = "pip install --no-index --find-links /kaggle/input/kaggle-kit-wheels 'kaggle_kit[kaggle]'"
 
 
-@dataclass
-class GPU:
-    name: str
-    capability: tuple[int, int]
-    total_bytes: int
-    free_bytes: int | None = None
-    l2_bytes: int | None = None
+GPU = nvsmi.GPU  # the one view of a GPU, the loader's too
 
 
 @dataclass
@@ -135,7 +129,7 @@ def diagnose(machine: Machine, model_path: str | None = None, overrides: dict | 
     sequences `search` (a TTSParams; default: beam search at its defaults) keeps in flight stay resident;
     `problems` (default: the bundled ones) are placed beside the engine, with it asleep, or skipped."""
     from kaggle_kit.config import ConfigError
-    from kaggle_kit.engine.loader import GPUInfo, Hardware, plan_load, read_model_config
+    from kaggle_kit.engine.loader import Hardware, plan_load, read_model_config
 
     checks: list[Check] = []
     gpus = machine.gpus
@@ -166,7 +160,7 @@ def diagnose(machine: Machine, model_path: str | None = None, overrides: dict | 
                             "pass --model DIR, set VLLM_MODEL_PATH, or attach the model "
                             "(qwen-lm/qwen-3/transformers/14b-awq) to the notebook"))
     else:
-        hardware = Hardware(tuple(GPUInfo(g.name, g.capability, g.total_bytes / GIB) for g in gpus))
+        hardware = Hardware(tuple(gpus))
         try:
             cfg = read_model_config(model_path)
             shape = ModelShape.from_config(cfg)
@@ -369,11 +363,6 @@ print(json.dumps(out))
 """
 
 
-def _nvidia_smi() -> tuple[list[GPU], str | None, str | None]:
-    gpus, driver, cuda = nvsmi.query()
-    return [GPU(g.name, g.capability, g.total_bytes, g.free_bytes) for g in gpus], driver, cuda
-
-
 def _meminfo() -> tuple[int | None, int | None]:
     try:
         info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
@@ -395,11 +384,8 @@ def _vllm_distribution() -> str | None:
 
 def probe(import_vllm: bool = True, disk_path: str | None = None, timeout: float = 300.0) -> Machine:
     """Read this machine. torch and vLLM are imported in a child process (a broken build cannot crash this one)."""
-    gpus, driver, driver_cuda = _nvidia_smi()
-    t = emulate.target()
-    if t:  # rehearsing a smaller card ($KK_EMULATE_GPU): the checks are the target's
-        gpus = [GPU(t.label(g.name), t.capability, int(t.memory_gb * GIB),
-                    min(g.free_bytes or 0, int(t.memory_gb * GIB))) for g in gpus]
+    gpus, driver, driver_cuda = nvsmi.query()
+    gpus = emulate.as_target(gpus)  # rehearsing a smaller card ($KK_EMULATE_GPU): the checks are the target's
     args = [sys.executable, "-c", _PROBE] + (["--vllm"] if import_vllm else [])
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
@@ -409,8 +395,7 @@ def probe(import_vllm: bool = True, disk_path: str | None = None, timeout: float
             info = {"vllm_error": f"the probe crashed (exit {done.returncode}): {done.stderr.strip()[-300:]}"}
     except subprocess.TimeoutExpired:
         info = {"vllm_error": f"importing torch and vLLM took over {timeout:.0f}s"}
-    for g, l2 in zip(gpus, info.get("l2") or []):
-        g.l2_bytes = l2
+    gpus = [replace(g, l2_bytes=l2) for g, l2 in zip(gpus, info.get("l2") or [])] + gpus[len(info.get("l2") or []):]
     total, available = _meminfo()
     path = disk_path or ("/kaggle/working" if Path("/kaggle/working").is_dir() else os.getcwd())
     dist = _vllm_distribution()
