@@ -48,11 +48,14 @@ class ServiceState:
             if self.current is not None:
                 self.current.stop()
             self.current = ChatServing(
-                engine, self.served_model_name or default_served_name(engine.model_name), strict=self.strict,
+                engine, self.model_name(engine), strict=self.strict,
                 limits=limits_mod.Limits.for_engine(engine, **self.limit_overrides), metrics=self.metrics,
                 max_active=self.max_active, max_queued=self.max_queued, slots=self.slots,
                 interactive_share=self.interactive_share)
         return self.current
+
+    def model_name(self, engine) -> str:
+        return self.served_model_name or default_served_name(engine.model_name)
 
     def shutdown(self) -> None:
         if self.current is not None:
@@ -92,9 +95,9 @@ def create_app(engine_provider: Callable | None = None, api_key: str | None = No
         engine = state.engine_provider()
         if engine is None:
             return JSONResponse({"status": "no_model"}, status_code=503)
-        serving = state.serving()
-        active, queued = serving.worker.load
-        return {"status": "ok", "model": serving.model_name, "active": active, "queued": queued}
+        current = state.current if state.current is not None and state.current.engine is engine else None
+        active, queued = current.worker.load if current else (0, 0)  # a health check starts no worker
+        return {"status": "ok", "model": state.model_name(engine), "active": active, "queued": queued}
 
     @app.get("/metrics")
     def metrics():
