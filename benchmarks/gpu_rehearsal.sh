@@ -9,6 +9,7 @@
 #   bash benchmarks/gpu_rehearsal.sh rehearse OUT   # the bundle notebook as one emulated T4 x2 session
 #   bash benchmarks/gpu_rehearsal.sh kernelbench OUT  # every KernelBench reference as its own candidate, all GPUs
 #   bash benchmarks/gpu_rehearsal.sh beside   OUT   # evaluation beside the emulated T4 engine and with it asleep
+#   bash benchmarks/gpu_rehearsal.sh seam     OUT   # confidence stop, deepconf, the critic, CUDA signatures (gpu_seam.py)
 # (kernelbench and beside also need kb.tgz in the last part: KernelBench's level1-3 from a snapshot of
 # ScalingIntelligence/KernelBench: git archive HEAD KernelBench/level1 KernelBench/level2 KernelBench/level3)
 set -euo pipefail
@@ -64,6 +65,10 @@ case $what in
     cat $work/gpu[0-9]*.jsonl > $work/gpu.jsonl; cp $work/gpu.jsonl "$out/gpu_h200.jsonl"
     python3 benchmarks/kernelbench_refs.py --summary $work/gpu.jsonl --footprints $work/footprints.json | tee "$out/summary.txt"
     cp $work/footprints.json "$out/"; tail -n 3 $work/sweep*.log ;;
+  seam)
+    CUDA_VISIBLE_DEVICES=0 timeout "${KK_SEAM_TIMEOUT:-500}" python3 benchmarks/gpu_seam.py --model $models/tiny \
+      --json "$out/gpu_seam.json" 2>"$out/gpu_seam.log" || echo "gpu_seam ended with exit $?"
+    tail -c 6000 "$out/gpu_seam.json" 2>/dev/null || tail -c 3000 "$out/gpu_seam.log" ;;
   beside)
     work=/tmp/kbrefs
     KK_EMULATE_GPU='Tesla T4:7.5:14.75' TORCH_CUDA_ARCH_LIST='7.5+PTX' timeout "${KK_BESIDE_TIMEOUT:-560}" \
