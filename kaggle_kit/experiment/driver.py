@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+from kaggle_kit.engine.types import Engine
 from kaggle_kit.experiment.config import ExperimentConfig
 from kaggle_kit.experiment.refine import next_jobs, open_attempts, previous_round, write_attempts
 from kaggle_kit.experiment.runner import RunOutcome, Runner, _stderr, initial_jobs, run_round
 
 
-def run(cfg: ExperimentConfig, engine=None, progress: bool | None = None,
+def run(cfg: ExperimentConfig, engine: Engine | None = None, progress: bool | None = None,
         log: Callable[[str], None] = _stderr, **runner_options) -> RunOutcome:
     """Run (or resume) the experiment `cfg` describes; returns what this run did."""
     runner = Runner(cfg, engine, progress, log, **runner_options)

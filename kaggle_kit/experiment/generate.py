@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from kernels_eval.problems import Problem
 from kernels_eval.records import Candidate, GeneratedRecord, item_key
 
+from kaggle_kit.engine.types import Engine
 from kaggle_kit.experiment.config import ExperimentConfig
 
 
@@ -49,7 +50,7 @@ def make_record(cfg: ExperimentConfig, job: Job, candidates: list[Candidate], ch
                            tts=tts or {}, steps=steps or [], generation_s=seconds)
 
 
-def generate_local(cfg: ExperimentConfig, jobs: list[Job], engine=None) -> list[GeneratedRecord]:
+def generate_local(cfg: ExperimentConfig, jobs: list[Job], engine: Engine | None = None) -> list[GeneratedRecord]:
     """One `run_strategy_batch` per sample index (each sample keeps its own seed)."""
     from kaggle_kit.tts.api import run_strategy_batch
 

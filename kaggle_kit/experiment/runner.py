@@ -28,6 +28,7 @@ from kernels_eval.problems import Problem, load_problems
 from kernels_eval.prompts import build_messages
 from kernels_eval.records import EvaluatedRecord, Evaluation, GeneratedRecord, RecordStore
 
+from kaggle_kit.engine.types import Engine
 from kaggle_kit.experiment.config import ExperimentConfig, check_resumable
 from kaggle_kit.experiment.deadline import deadline, describe
 from kaggle_kit.experiment.generate import Job, generate_local, generate_remote
@@ -61,7 +62,7 @@ class RunOutcome:
 class Runner:
     """State of one run: records, the evaluation pool, timing estimates, the deadline."""
 
-    def __init__(self, cfg: ExperimentConfig, engine=None, progress: bool | None = None,
+    def __init__(self, cfg: ExperimentConfig, engine: Engine | None = None, progress: bool | None = None,
                  log: Callable[[str], None] = _stderr, generator: Callable | None = None, cache_dir=None,
                  eval_memory: tuple[float, float] | None = None, footprints=None):
         """generator(cfg, jobs, engine) -> records replaces the engine or service (tests, benchmarks).

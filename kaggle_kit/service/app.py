@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from kaggle_kit.engine.registry import registered_engine
+from kaggle_kit.engine.types import Engine
 from kaggle_kit.service import limits as limits_mod
 from kaggle_kit.service.errors import ApiError, install
 from kaggle_kit.service.metrics import ServiceMetrics
@@ -54,7 +55,7 @@ class ServiceState:
                 interactive_share=self.interactive_share)
         return self.current
 
-    def model_name(self, engine) -> str:
+    def model_name(self, engine: Engine) -> str:
         return self.served_model_name or default_served_name(engine.model_name)
 
     def shutdown(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from kaggle_kit.engine.types import Engine
 from kaggle_kit.service.errors import ApiError
 from kaggle_kit.tts.params import SHAPES, TTSParams, wire_name
 
@@ -22,7 +23,7 @@ class Limits:
         "help": "KV cache one request may need, sequences x (prompt + max_tokens) (default: the engine's whole cache)"})
 
     @classmethod
-    def for_engine(cls, engine, **overrides) -> "Limits":
+    def for_engine(cls, engine: Engine, **overrides) -> "Limits":
         kv = getattr(engine, "kv_cache_tokens", None)
         return cls(**{"max_kv_tokens": kv, **{k: v for k, v in overrides.items() if v is not None}})
 

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from kaggle_kit.engine.types import Engine
+
 MESSAGES = [
     {"role": "system", "content": "You are a CUDA expert."},
     {"role": "user", "content": "Optimise the softmax kernel."},
@@ -28,7 +30,7 @@ def measure_import_seconds() -> float:
     return min(runs)
 
 
-def measure_throughput(engine, n: int = 16, max_tokens: int = 128) -> dict:
+def measure_throughput(engine: Engine, n: int = 16, max_tokens: int = 128) -> dict:
     from kaggle_kit.engine.chat_template import prompt_ids
     from kaggle_kit.engine.types import GenerationRequest, SamplingSpec
 
