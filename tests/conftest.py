@@ -17,10 +17,19 @@ try:
 except ImportError:  # nbval not installed: the notebooks are not collected either
     pass
 
-from kaggle_kit.workflow.golden import GOLDEN_ENV  # noqa: E402
+from kaggle_kit.workflow.golden import GOLDEN, GOLDEN_ENV, RUNS  # noqa: E402
 
 for _k, _v in GOLDEN_ENV.items():  # the notebook kernels nbval starts inherit this environment
     os.environ.setdefault(_k, _v)
+
+
+def pytest_sessionstart(session):
+    # nbval runs the golden notebooks in tests/golden, whose stages write runs/latest there: start from
+    # nothing, as a clean clone does, so a run left by an older checkout is never resumed.
+    import shutil
+
+    shutil.rmtree(GOLDEN / RUNS, ignore_errors=True)
+
 
 # LiteLLM fetches a price table from GitHub at import unless told to use its bundled copy.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

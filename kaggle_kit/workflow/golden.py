@@ -7,12 +7,14 @@ re-runs them with nbval and compares every output not marked nbval-ignore-output
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from kaggle_kit.workflow.notebooks import ROOT, stage_paths
 
 GOLDEN = ROOT / "tests" / "golden"
 GOLDEN_PARAMS = {"tiny": True}
+RUNS = "runs"  # what the stages write below their folder (out_dir runs/latest)
 # Quiet, reproducible kernels: no progress bars, vLLM logging only for errors.
 GOLDEN_ENV = {"TQDM_DISABLE": "1", "VLLM_LOGGING_LEVEL": "ERROR", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
 
@@ -22,6 +24,7 @@ def regenerate(out_dir: str | Path = GOLDEN) -> list[Path]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / RUNS, ignore_errors=True)  # a fresh run, as in a clean clone: never resume an older one
     os.environ.update(GOLDEN_ENV)
     written = []
     for stage in stage_paths():
