@@ -29,6 +29,7 @@ from pathlib import Path
 from kernels_eval.parsing import ParsedResponse, parse_response
 from kernels_eval.problems import Problem
 from kernels_eval.result import KernelEvalResult, Status
+from kernels_eval.spec import HarnessSpec
 
 # Default tolerances per output dtype (atol, rtol). float32 is strict enough to
 # catch a wrong kernel and loose enough for a different summation order.
@@ -125,15 +126,13 @@ def _evaluate_once(problem: Problem, candidate_source: str, device: str, *, tria
     ext_dir.mkdir(parents=True, exist_ok=True)
     (cache / "scratch").mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"{problem.name}-", dir=cache / "scratch"))
-    spec = {
-        "problem_source": problem.source, "candidate_source": candidate_source, "device": device,
-        "trials": trials, "seed": seed, "timing": timing, "warmup": warmup, "iters": iters, "rounds": rounds,
-        "tolerances": {**DEFAULT_TOLERANCES, **(tolerances or {})}, "implausible_speedup": implausible_speedup,
-        "flush_bytes": (flush_mb << 20) if flush_mb else None, "scratch": str(scratch),
-        "compare_compile": compare_compile, "cpu_threads": cpu_threads,
-        "device_lock": str(device_lock) if device_lock else None, "sleep_us": launch_slack_us,
-        "gpu_total_bytes": int(gpu_total_mib * 2**20) if gpu_total_mib else None,
-    }
+    spec = HarnessSpec(
+        problem_source=problem.source, candidate_source=candidate_source, device=device, scratch=str(scratch),
+        trials=trials, seed=seed, timing=timing, warmup=warmup, iters=iters, rounds=rounds,
+        tolerances={**DEFAULT_TOLERANCES, **(tolerances or {})}, implausible_speedup=implausible_speedup,
+        flush_bytes=(flush_mb << 20) if flush_mb else None, compare_compile=compare_compile, cpu_threads=cpu_threads,
+        device_lock=str(device_lock) if device_lock else None, sleep_us=launch_slack_us,
+        gpu_total_bytes=int(gpu_total_mib * 2**20) if gpu_total_mib else None)
     env = clean_env(dict(os.environ))
     env.update(TORCH_EXTENSIONS_DIR=str(ext_dir), HOME=str(scratch), TMPDIR=str(scratch),
                PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
@@ -197,7 +196,7 @@ def _limits(memory_limit_gb: float | None):
     return apply
 
 
-def _run(spec: dict, env: dict, scratch: Path, compile_timeout: float, run_timeout: float,
+def _run(spec: HarnessSpec, env: dict, scratch: Path, compile_timeout: float, run_timeout: float,
          memory_limit_gb: float | None) -> tuple[dict | None, Status, str]:
     nonce = secrets.token_hex(16)
     r, w = os.pipe()
@@ -208,7 +207,7 @@ def _run(spec: dict, env: dict, scratch: Path, compile_timeout: float, run_timeo
         )
     os.close(w)
     try:
-        proc.stdin.write((json.dumps({**spec, "fd": w, "nonce": nonce}) + "\n").encode())
+        proc.stdin.write((json.dumps({"spec": spec.to_json(), "fd": w, "nonce": nonce}) + "\n").encode())
         proc.stdin.close()
     except BrokenPipeError:
         pass

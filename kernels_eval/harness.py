@@ -105,10 +105,13 @@ def _candidate_error(prefix: str, e: BaseException, reference_bytes: int = 0, gp
 
 
 def main() -> None:
-    spec = json.loads(sys.stdin.readline())
+    from kernels_eval.spec import HarnessSpec
+
+    message = json.loads(sys.stdin.readline())
     sys.stdin.close()
-    nonce = spec.pop("nonce")
-    out = os.fdopen(spec.pop("fd"), "w", buffering=1)
+    nonce = message["nonce"]
+    out = os.fdopen(message["fd"], "w", buffering=1)
+    spec = HarnessSpec(**message["spec"])
     try:
         result = _evaluate(spec, lambda obj: _send(out, nonce, obj))
     except HarnessFailure as e:
@@ -319,7 +322,7 @@ class _Verdict(Exception):
         self.result = result
 
 
-def _evaluate(spec: dict, send) -> dict:
+def _evaluate(spec, send) -> dict:
     """Reference module and candidate build first (CPU only, so builds can run side by side);
     then, holding the device lock if one is given, everything that touches the device. Each phase
     either hands the next what it needs or ends the evaluation with the candidate's verdict."""
@@ -328,7 +331,7 @@ def _evaluate(spec: dict, send) -> dict:
         ev.build()
         ev.take_device()
         ev.check()
-        if spec["timing"]:
+        if spec.timing:
             ev.time()
     except _Verdict as v:
         return v.result
@@ -336,16 +339,16 @@ def _evaluate(spec: dict, send) -> dict:
 
 
 class _Evaluation:
-    """One candidate's evaluation, phase by phase (the spec is the parent's JSON: see evaluate.py)."""
+    """One candidate's evaluation, phase by phase, as the parent's HarnessSpec asks (kernels_eval.spec)."""
 
-    def __init__(self, spec: dict, send):
+    def __init__(self, spec, send):
         import threading
 
         import torch
 
         self.spec, self.send, self.torch = spec, send, torch
-        self.device = spec["device"]
-        self.gpu_total = spec.get("gpu_total_bytes")  # the whole GPU the evaluator may have, if less than the card
+        self.device = spec.device
+        self.gpu_total = spec.gpu_total_bytes  # the whole GPU the evaluator may have, if less than the card
         self.clocks = _clock_functions(self.device)  # captured before the candidate exists
         self.provenance = {"device": self.device, "torch": torch.__version__, "cuda": torch.version.cuda,
                            "dtype": "float32",
@@ -353,14 +356,14 @@ class _Evaluation:
         if self.device == "cpu":
             # One thread for reference and candidate alike: a shared CPU's thread pool stalls on
             # busy cores and would make either side look arbitrarily slow.
-            torch.set_num_threads(int(spec.get("cpu_threads") or 1))
+            torch.set_num_threads(int(spec.cpu_threads or 1))
             self.provenance.update(device_name="cpu", threads=torch.get_num_threads())
-        self.ref_mod = _load_module("kk_reference", spec["problem_source"], os.path.join(spec["scratch"], "reference.py"))
+        self.ref_mod = _load_module("kk_reference", spec.problem_source, os.path.join(spec.scratch, "reference.py"))
         if self.device == "cpu":
             for k, v in (getattr(self.ref_mod, "cpu_sizes", None) or {}).items():
                 setattr(self.ref_mod, k, v)
         self.init_inputs = self.ref_mod.get_init_inputs()
-        self.seed = spec["seed"]
+        self.seed = spec.seed
         self.threads_before = threading.active_count()
         self.result: dict = {}
         self.flush_bytes = 0
@@ -372,7 +375,7 @@ class _Evaluation:
         self.send({"phase": "compiling"})
         t0 = _perf()
         try:
-            cand = _load_module("kk_candidate", spec["candidate_source"], os.path.join(spec["scratch"], "candidate.py"))
+            cand = _load_module("kk_candidate", spec.candidate_source, os.path.join(spec.scratch, "candidate.py"))
         except Exception as e:
             text = f"{type(e).__name__}: {e}"
             building = "Error building extension" in text or type(e).__name__ in ("CalledProcessError", "SyntaxError")
@@ -388,7 +391,7 @@ class _Evaluation:
         if issubclass(self.ModelNew, self.ref_mod.Model):
             flags.append("no_custom_kernel")
         self.extensions, self.calls = _count_extension_calls()
-        src = spec["candidate_source"]
+        src = spec.candidate_source
         if any(s in src for s in ("cudaStreamCreate", "torch.cuda.Stream(", "torch.cuda.stream(", "at::cuda::getStreamFromPool")):
             flags.append("extra_streams")
         if "std::thread" in src or "threading.Thread" in src or "multiprocessing" in src:
@@ -399,7 +402,7 @@ class _Evaluation:
         """Hold the device lock (until this process exits, whatever happens); set the device up; make
         both models, the candidate with the reference's weights where their names match."""
         torch, device = self.torch, self.device
-        waited = _acquire(self.spec.get("device_lock"))
+        waited = _acquire(self.spec.device_lock)
         self.send({"phase": "running", "waited_s": waited})
         with _HarnessPhase("setting up the device"):
             if device == "cuda":
@@ -407,7 +410,7 @@ class _Evaluation:
                     raise HarnessFailure("device=cuda but no CUDA device is visible")
                 p = torch.cuda.get_device_properties(0)
                 l2 = int(getattr(p, "L2_cache_size", 0) or 0)
-                self.flush_bytes = self.spec.get("flush_bytes") or max(2 * l2, 1 << 20)  # evict the whole L2, no more
+                self.flush_bytes = self.spec.flush_bytes or max(2 * l2, 1 << 20)  # evict the whole L2, no more
                 self.provenance.update(device_name=p.name, capability=f"{p.major}.{p.minor}", l2_bytes=l2,
                                        flush_bytes=self.flush_bytes,
                                        arch_list=os.environ.get("TORCH_CUDA_ARCH_LIST", "auto"))
@@ -456,7 +459,7 @@ class _Evaluation:
         compared with the reference's; the first trial's output signature is kept whatever it says."""
         torch, device, spec, result = self.torch, self.device, self.spec, self.result
         worst, ref_bytes = 0.0, 0  # ref_bytes: the most the reference's forward took on the host (CPU runs)
-        for trial in range(spec["trials"]):
+        for trial in range(spec.trials):
             trial_seed = self.seed + 1000 + trial
             with _HarnessPhase(f"trial {trial}: the reference"):
                 ref_in = self.inputs_for(trial_seed)
@@ -483,13 +486,13 @@ class _Evaluation:
                     raise
                 except Exception:  # an output we cannot summarise has no signature: it joins no group
                     result["output_signature"] = None
-            ok, why, diff = _compare(ref_out, new_out, new_in, spec["tolerances"], device)
+            ok, why, diff = _compare(ref_out, new_out, new_in, spec.tolerances, device)
             del new_in, new_out, ref_out
             worst = max(worst, diff) if diff == diff else worst
             if not ok:
                 raise _Verdict({**result, "status": "incorrect", "trials": trial + 1, "max_abs_diff": diff,
                                 "message": f"trial {trial}: {why}"})
-        result.update(status="correct", correct=True, trials=spec["trials"], max_abs_diff=worst)
+        result.update(status="correct", correct=True, trials=spec.trials, max_abs_diff=worst)
         flags = result["flags"]
         if (not self.extensions or self.calls["n"] == 0) and "no_custom_kernel" not in flags:
             flags.append("no_custom_kernel")  # no compiled code loaded, or none of it called
@@ -512,22 +515,22 @@ class _Evaluation:
                 self.new(*new_in)
 
         try:
-            sleep_us = float(spec.get("sleep_us") or 0) if device == "cuda" else 0.0
-            ref_ms, new_ms, spread, ref_spread = _time_pair(run_ref, run_new, device, spec["warmup"], spec["iters"],
-                                                            spec["rounds"], self.flush_bytes, self.clocks, sleep_us)
+            sleep_us = float(spec.sleep_us or 0) if device == "cuda" else 0.0
+            ref_ms, new_ms, spread, ref_spread = _time_pair(run_ref, run_new, device, spec.warmup, spec.iters,
+                                                            spec.rounds, self.flush_bytes, self.clocks, sleep_us)
             result.update(ref_runtime_ms=ref_ms, runtime_ms=new_ms, runtime_spread=spread,
                           speedup=ref_ms / new_ms if new_ms > 0 else None)
-            self.provenance.update(iters=spec["iters"], rounds=spec["rounds"], ref_spread=ref_spread,
+            self.provenance.update(iters=spec.iters, rounds=spec.rounds, ref_spread=ref_spread,
                                    launch_slack_us=sleep_us)
-            if spec.get("compare_compile"):  # the stronger baseline: the reference through torch.compile
+            if spec.compare_compile:  # the stronger baseline: the reference through torch.compile
                 compiled = torch.compile(self.ref)
 
                 def run_compiled():
                     with torch.no_grad():
                         compiled(*ref_in)
 
-                comp_ms, new_ms2, _, _ = _time_pair(run_compiled, run_new, device, spec["warmup"], spec["iters"],
-                                                    spec["rounds"], self.flush_bytes, self.clocks, sleep_us)
+                comp_ms, new_ms2, _, _ = _time_pair(run_compiled, run_new, device, spec.warmup, spec.iters,
+                                                    spec.rounds, self.flush_bytes, self.clocks, sleep_us)
                 result.update(compiled_ref_runtime_ms=comp_ms,
                               speedup_vs_compile=comp_ms / new_ms2 if new_ms2 > 0 else None)
         except HarnessFailure:
@@ -535,7 +538,7 @@ class _Evaluation:
         except Exception as e:
             raise _Verdict({**result, "status": "runtime_error", "correct": False,
                             **_candidate_error("timing", e, gpu_total_bytes=self.gpu_total)}) from None
-        if result["speedup"] and result["speedup"] > spec["implausible_speedup"]:
+        if result["speedup"] and result["speedup"] > spec.implausible_speedup:
             result["flags"].append("implausible_speedup")
 
     def finish(self) -> dict:
