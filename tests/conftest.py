@@ -17,7 +17,7 @@ try:
 except ImportError:  # nbval not installed: the notebooks are not collected either
     pass
 
-from kaggle_kit.workflow.golden import GOLDEN, GOLDEN_ENV, RUNS  # noqa: E402
+from kaggle_kit.workflow.golden import GOLDEN, GOLDEN_ENV, KEEP_GOLDEN_RUNS, RUNS  # noqa: E402
 
 for _k, _v in GOLDEN_ENV.items():  # the notebook kernels nbval starts inherit this environment
     os.environ.setdefault(_k, _v)
@@ -26,9 +26,12 @@ for _k, _v in GOLDEN_ENV.items():  # the notebook kernels nbval starts inherit t
 def pytest_sessionstart(session):
     # nbval runs the golden notebooks in tests/golden, whose stages write runs/latest there: start from
     # nothing, as a clean clone does, so a run left by an older checkout is never resumed.
+    # Not in a test's own nbval subprocess (KEEP_GOLDEN_RUNS): it runs a copy of a golden notebook with this
+    # conftest beside it, reads those runs, and must not remove them.
     import shutil
 
-    shutil.rmtree(GOLDEN / RUNS, ignore_errors=True)
+    if not os.environ.get(KEEP_GOLDEN_RUNS):
+        shutil.rmtree(GOLDEN / RUNS, ignore_errors=True)
 
 
 # LiteLLM fetches a price table from GitHub at import unless told to use its bundled copy.

@@ -15,6 +15,7 @@ from kaggle_kit.workflow.notebooks import ROOT, stage_paths
 GOLDEN = ROOT / "tests" / "golden"
 GOLDEN_PARAMS = {"tiny": True}
 RUNS = "runs"  # what the stages write below their folder (out_dir runs/latest)
+KEEP_GOLDEN_RUNS = "KAGGLE_KIT_KEEP_GOLDEN_RUNS"  # set: a test session that reads those runs, not one that makes them
 # Quiet, reproducible kernels: no progress bars, vLLM logging only for errors.
 GOLDEN_ENV = {"TQDM_DISABLE": "1", "VLLM_LOGGING_LEVEL": "ERROR", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
 
