@@ -79,6 +79,40 @@ def test_refinement_reaches_a_correct_kernel_in_the_expected_round(tmp_path):
     assert load_rounds(tmp_path).equals(t.rounds)  # notebook 04's reader of every run below a folder
 
 
+class InTurn(FeedbackEngine):
+    """Its answers in turn, whatever the prompt (a resampled round's prompt is round 1's)."""
+
+    def __init__(self, texts):
+        super().__init__([("", "")])
+        self.texts, self.seeds = list(texts), []
+
+    def generate(self, requests, use_tqdm=False):
+        out = []
+        for r in requests:
+            self.answers = [("", self.texts.pop(0))]
+            self.seeds.append(r.sampling.seed)
+            out += super().generate([r])
+        return out
+
+
+def test_resample_is_an_adaptive_budget_stopped_by_the_execution_verdict(tmp_path):
+    cfg = config(tmp_path, resample=True)
+    engine = InTurn(["I would use shared memory.", WRONG, GOOD, GOOD, GOOD])
+    out = run(cfg, engine=engine, progress=False, log=lambda m: None)
+    gen, ev = RecordStore(cfg.folder / "records.jsonl").latest()
+    assert {g.round: ev[k].result.status.value for k, g in gen.items()} == {1: "no_code", 2: "incorrect", 3: "correct"}
+    assert out.generated == 3 and engine.texts == [GOOD, GOOD]  # stopped at the first correct kernel, of 5 rounds
+    assert len(set(engine.prompts)) == 1 and "output is wrong" not in engine.prompts[-1]  # no feedback: fresh answers
+    assert len(set(engine.seeds)) == 3  # each round samples with its own seed
+    # each round is a sibling answer to the prompt in the attempt tree, not a child of the one before
+    (root,) = open_attempts(cfg.folder).conversations()
+    kids = root.children()
+    assert sorted(n.meta["status"] for n in kids) == ["correct", "incorrect", "no_code"] and not any(n.children() for n in kids)
+    assert sorted(n.title for n in kids)[1].startswith("sample 0 · round 2")
+    rounds = write_tables(load_tables(cfg.folder)).rounds.set_index(["round", "selection"])
+    assert [rounds.loc[(r, "execution"), "fast_0"] for r in (1, 2, 3)] == [0.0, 0.0, 1.0]
+
+
 def test_refinement_resumes_after_kill_9_mid_round(tmp_path):
     script = textwrap.dedent(f"""
         import sys

@@ -40,11 +40,12 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[s
                     progress: bool | None = None, deadline=None, workers: int | None = None,
                     verifier: str | list[str] = "uncertainty",
                     refine_rounds: int = 1, refine_width: int = 1, target_speedup: float = 1.0,
-                    resume_from: str | list[str] | None = None, **tts_params) -> Tables:
+                    resample: bool = False, resume_from: str | list[str] | None = None, **tts_params) -> Tables:
     """Notebook 02: run (or resume) the experiment in `out_dir` and return its tables (also written as CSV).
 
     refine_rounds > 1 refines with execution feedback (`kaggle_kit.experiment.refine`) and
-    keeps the attempts as a subchat tree in `out_dir/attempts.sqlite`.
+    keeps the attempts as a subchat tree in `out_dir/attempts.sqlite`; with resample=True the later
+    rounds answer the prompt afresh instead (an adaptive budget: a lineage stops at a correct kernel).
 
     Several strategies, scorers or verifiers ("offline_bon,beam_search", or lists) run as a grid,
     one run folder each (`out_dir/<strategy>-<scorer>`, `out_dir/<strategy>-execution`; the execution
@@ -66,7 +67,7 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[s
                                scorer=sc, device=device, evaluate=evaluate_kernels,
                                evaluate_candidates=evaluate_candidates, thinking=thinking, deadline=deadline,
                                workers=workers, verifier=v, refine_rounds=refine_rounds, refine_width=refine_width,
-                               target_speedup=target_speedup, **eval_options, **tts_params)
+                               target_speedup=target_speedup, resample=resample, **eval_options, **tts_params)
         run(cfg, progress=progress)
         parts.append(write_tables(load_tables(cfg.folder)))
     if not grid:

@@ -17,7 +17,7 @@ from kaggle_kit.tts.params import TTSParams, wire_name
 # items are keyed by them. Whether to evaluate, and workers, batch size, deadline and the like change
 # how much or how fast, not what.
 RESULT_FIELDS = ("seed", "device", "verifier", "trials", "problems_dir", "level", "model",
-                 "refine_rounds", "refine_width", "target_speedup")
+                 "refine_rounds", "refine_width", "target_speedup", "resample")
 _RECORDED_AS = {"enable_thinking": "thinking"}  # a TTS parameter's name in run.json, where it differs
 
 
@@ -59,6 +59,9 @@ class ExperimentConfig:
     refine_rounds: int = _opt(1, "rounds with execution feedback (1 = none)")
     refine_width: int = _opt(1, "candidates refined per round")
     target_speedup: float = _opt(1.0, "refinement stops at a correct kernel this fast")
+    resample: bool = _opt(False, "later rounds answer the problem's own prompt afresh instead of refining with "
+                                 "feedback: an adaptive budget by execution verdict, a lineage stops at its first "
+                                 "correct kernel")
     # how it runs (not part of the results)
     service_url: str | None = _opt(None, "generate through this OpenAI-compatible service", flag="tts_service_url")
     api_key: str = field(default="dummy", repr=False)
@@ -80,7 +83,8 @@ class ExperimentConfig:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.refine_rounds > 1 and not self.evaluate:
-            raise ConfigError("refine_rounds > 1 needs evaluate=True: each round's prompts carry the evaluator's feedback")
+            raise ConfigError("refine_rounds > 1 needs evaluate=True: each round's prompts carry the evaluator's feedback"
+                              + (" (resample: each round waits for the verdicts)" if self.resample else ""))
 
     @property
     def folder(self) -> Path:

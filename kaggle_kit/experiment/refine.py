@@ -6,6 +6,8 @@ flagged, compiles), then the uncertainty score; each one's next prompt is the pr
 that candidate's code and the evaluator's feedback (`kernels_eval.feedback`), and it is
 generated with the same TTS strategy again. A lineage stops at a correct, unflagged
 kernel with at least `target_speedup`, after `refine_rounds` rounds, or at the deadline.
+With `resample` a later round is instead a fresh answer to the problem's own prompt, one per
+unsolved lineage: an adaptive budget whose stop is the execution verdict, not a score.
 Every round goes through the same records (keys carry the round and the branch), so a
 kill or a deadline resumes mid-round.
 
@@ -25,7 +27,7 @@ import pandas as pd
 
 from kernels_eval.feedback import feedback
 from kernels_eval.metrics import FAST_P, fast_p, geomean_speedup
-from kernels_eval.prompts import SYSTEM, build_refinement_messages
+from kernels_eval.prompts import SYSTEM, build_messages, build_refinement_messages
 from kernels_eval.records import EvaluatedRecord, Evaluation, GeneratedRecord
 
 from kaggle_kit.experiment.config import ExperimentConfig
@@ -52,7 +54,8 @@ def lineage(key: str) -> str:
 
 def next_jobs(cfg: ExperimentConfig, runner: Runner, items: list[tuple[GeneratedRecord, EvaluatedRecord]],
               round_: int) -> list[Job]:
-    """Round `round_`'s jobs: the best candidates of each unsolved lineage's previous round, with feedback."""
+    """Round `round_`'s jobs: the best candidates of each unsolved lineage's previous round, with feedback
+    (resample: one fresh answer to the problem's prompt per unsolved lineage)."""
     by_lineage: dict[str, list] = defaultdict(list)
     for g, e in items:
         for ev in e.evaluations:
@@ -63,6 +66,12 @@ def next_jobs(cfg: ExperimentConfig, runner: Runner, items: list[tuple[Generated
         if any(solved(ev, cfg.target_speedup) for _, ev in pairs):
             continue  # this lineage is done
         pairs.sort(key=lambda p: _rank(p[1], p[0].candidates[p[1].index].score), reverse=True)
+        if cfg.resample:
+            g = pairs[0][0]
+            problem = runner.problems[g.problem]
+            jobs.append(Job(problem, g.sample, build_messages(problem, cfg.device, cfg.tts.enable_thinking),
+                            round=round_, parent=g.key))
+            continue
         for g, ev in pairs[: cfg.refine_width]:
             problem = runner.problems[g.problem]
             text = feedback(ev.result, ev.parse_status, cfg.target_speedup)
@@ -92,6 +101,8 @@ def _label(g: GeneratedRecord, index: int, e: Evaluation) -> str:
     r = e.result
     speed = f" {r.speedup:.2f}x" if r.correct and r.speedup else ""
     where = f"sample {g.sample}" if g.round == 1 else f"round {g.round}"
+    if g.round > 1 and g.parent_candidate is None:  # resampled: a sibling of round 1's answers, not a child
+        where = f"sample {g.sample} · {where}"
     return f"{where} · candidate {index} · {r.status.value}{speed}"
 
 
@@ -106,7 +117,7 @@ def write_attempts(store, cfg: ExperimentConfig, gen: dict[str, GeneratedRecord]
         e = ev.get(key)
         if e is None:
             continue
-        if g.round == 1:
+        if g.round == 1 or g.parent_candidate is None:  # a resampled round answers the prompt again
             root = roots.get(g.problem)
             if root is None:  # the samples share the prompt: each one's candidates branch from it
                 root = roots[g.problem] = store.new_conversation(

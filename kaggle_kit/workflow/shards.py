@@ -124,7 +124,8 @@ def item_seconds(params: dict[str, Any]) -> tuple[float, int]:
     from kaggle_kit.experiment.runner import item_seconds as per_item
     from kaggle_kit.tts.params import NAMES as TTS_NAMES
 
-    rounds = 1 + (int(params["refine_rounds"]) - 1) * int(params["refine_width"])
+    width = 1 if params.get("resample") else int(params["refine_width"])  # resample: one answer per lineage
+    rounds = 1 + (int(params["refine_rounds"]) - 1) * width
     total, items = 0.0, 0
     for s, sc, v in _points(params):
         # the notebook's parameters of the search (the grid point's strategy and scorer, its max_tokens)
