@@ -29,6 +29,20 @@ def test_every_stage_has_a_parameters_cell_and_shared_defaults_agree():
         assert runs.parameter_defaults(stage)
 
 
+def test_notebook_02_shows_the_defaults_kernels_eval_run_has():
+    """One set of defaults: the stage's parameters are ExperimentConfig's (None: TTSParams' own)."""
+    from kaggle_kit.experiment import ExperimentConfig
+
+    shown, cfg = runs.parameter_defaults(runs.NOTEBOOKS / "02_tts_kernels.ipynb"), ExperimentConfig()
+    assert (shown["strategy"], shown["scorer"], shown["verifier"]) == (cfg.tts.strategy, cfg.tts.scorer, cfg.verifier)
+    for name in ("refine_rounds", "refine_width", "target_speedup", "resample", "batch_size", "seed", "deadline",
+                 "workers", "evaluate", "problems_dir", "level"):
+        assert shown[name] == getattr(cfg, name), name
+    for name in ("num_trajectories", "candidates_per_step", "beam_size", "max_steps", "score_aggregation",
+                 "temperature", "tts_max_tokens"):
+        assert shown[name] is None, name  # run_tts_kernels leaves it to TTSParams
+
+
 def test_misspelt_parameters_are_refused():
     with pytest.raises(ValueError, match="unknown notebook parameter.*'stratgy'.*did you mean 'strategy'"):
         runs.check_parameters({"stratgy": "beam_search"}, runs.merged_parameters())

@@ -33,15 +33,16 @@ def _names(value: str | list[str] | tuple[str, ...]) -> list[str]:
     return [n for n in names if n] or [""]
 
 
-def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[str] = "online_bon",
-                    scorer: str | list[str] = "entropy",
+def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[str] | None = None,
+                    scorer: str | list[str] | None = None,
                     device: str = "cuda", out_dir: str | Path = "runs/latest", evaluate_kernels: bool = True,
                     evaluate_candidates: bool = True, thinking: bool = False, eval_options: dict | None = None,
                     progress: bool | None = None, deadline=None, workers: int | None = None,
-                    verifier: str | list[str] = "uncertainty",
-                    refine_rounds: int = 1, refine_width: int = 1, target_speedup: float = 1.0,
-                    resample: bool = False, resume_from: str | list[str] | None = None, **tts_params) -> Tables:
+                    verifier: str | list[str] | None = None,
+                    refine_rounds: int | None = None, refine_width: int | None = None, target_speedup: float | None = None,
+                    resample: bool | None = None, resume_from: str | list[str] | None = None, **tts_params) -> Tables:
     """Notebook 02: run (or resume) the experiment in `out_dir` and return its tables (also written as CSV).
+    A setting left None is ExperimentConfig's (its search: TTSParams'), the default `kernels-eval run` shows.
 
     refine_rounds > 1 refines with execution feedback (`kaggle_kit.experiment.refine`) and
     keeps the attempts as a subchat tree in `out_dir/attempts.sqlite`; with resample=True the later
@@ -57,17 +58,19 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[s
     """
     if resume_from:
         merge.resume_from(resume_from, out_dir)
+    default = ExperimentConfig()
+    rounds = {k: v for k, v in dict(refine_rounds=refine_rounds, refine_width=refine_width,
+                                    target_speedup=target_speedup, resample=resample).items() if v is not None}
     eval_options = {"trials": 3, **(eval_options or {})}
-    points = grid_points(strategy, scorer, verifier)
+    points = grid_points(strategy or default.tts.strategy, scorer or default.tts.scorer, verifier or default.verifier)
     grid = len(points) > 1
     parts = []
     for s, sc, v in points:
         name = point_folder(s, sc, v, grid)
         cfg = ExperimentConfig.of(experiment_name=name, out_dir=str(out_dir), problems=problems, strategy=s,
-                               scorer=sc, device=device, evaluate=evaluate_kernels,
-                               evaluate_candidates=evaluate_candidates, thinking=thinking, deadline=deadline,
-                               workers=workers, verifier=v, refine_rounds=refine_rounds, refine_width=refine_width,
-                               target_speedup=target_speedup, resample=resample, **eval_options, **tts_params)
+                                  scorer=sc, device=device, evaluate=evaluate_kernels,
+                                  evaluate_candidates=evaluate_candidates, thinking=thinking, deadline=deadline,
+                                  workers=workers, verifier=v, **rounds, **eval_options, **tts_params)
         run(cfg, progress=progress)
         parts.append(write_tables(load_tables(cfg.folder)))
     if not grid:
