@@ -10,7 +10,8 @@ checked on CPU), prints:
      `consensus_weighted`, by score: the candidates' outputs vote, the reference is not consulted):
      the rate at which the chosen kernel is correct, against a random pick among the same
      candidates and the oracle (any candidate correct), the AUROC of the aggregated score for
-     correctness, tokens per item and sequences stopped early per item (deepconf; its samples are
+     correctness, tokens per item and their ratio to offline best-of-N's (the budgets are matched to
+     within ~20%), sequences stopped early per item (deepconf; its samples are
      offline best-of-N's with the same seeds, so the token difference is what stopping saved);
   3. per strategy, fast_0 per refinement round (execution-first selection, and what the score alone
      would have reported).
@@ -40,7 +41,19 @@ STRATEGY_PARAMS = dict(num_trajectories=4, candidates_per_step=4, beam_size=2, m
 # adaptive_bon samples whole answers in waves of candidates_per_step up to num_trajectories: waves of 2
 # give it offline best-of-4's budget at most, and a chance to stop after 2.
 # deepconf: 2 warm-up answers set the bar, the other 2 of the same 4 grow step by step and may stop.
-PER_STRATEGY = {"adaptive_bon": {"candidates_per_step": 2}, "deepconf": {"warmup_traces": 2}}
+# dvts: 2 subtrees of 2 candidates a step, 4 sequences a step as online best-of-N's 4 candidates (with 4
+# each it spent twice the tokens of the others). Beam search keeps 2 x 4 a step and stops early once a
+# finished beam wins (min aggregation). `tokens_vs_bon` shows how equal the budgets came out.
+PER_STRATEGY = {"adaptive_bon": {"candidates_per_step": 2}, "deepconf": {"warmup_traces": 2},
+                "dvts": {"candidates_per_step": 2}}
+
+
+def tokens_vs_bon(sel):
+    """Each method's tokens per item over offline best-of-N's with the same scorer (the budget it is
+    compared at; the critic's and the verifiers' rows against the score's own)."""
+    base = {m.split("/")[1]: t for m, t in zip(sel["method"], sel["tokens_per_item"]) if m.startswith("offline_bon/")}
+    fallback = base.get("perplexity", float("nan"))
+    return [t / base.get(m.split("/")[1].split("+")[0], fallback) for m, t in zip(sel["method"], sel["tokens_per_item"])]
 
 
 def mixture(problems: list[str], samples: int) -> list[dict]:
@@ -115,6 +128,7 @@ def main() -> int:
     results = pd.concat([f.results for f in frames], ignore_index=True)
     candidates = pd.concat([f.candidates for f in frames], ignore_index=True)
     sel = selection_table(results, candidates)
+    sel["tokens_vs_bon"] = tokens_vs_bon(sel)
     print(f"\n2. which kernel each method picks ({args.samples} items x {len(problems)} problems each)")
     print(sel.to_string(index=False, float_format=lambda x: f"{x:.3f}", na_rep="n/a"))
 
