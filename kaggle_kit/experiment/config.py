@@ -85,6 +85,9 @@ class ExperimentConfig:
         if self.refine_rounds > 1 and not self.evaluate:
             raise ConfigError("refine_rounds > 1 needs evaluate=True: each round's prompts carry the evaluator's feedback"
                               + (" (resample: each round waits for the verdicts)" if self.resample else ""))
+        if self.resample and self.refine_rounds == 1:
+            raise ConfigError("resample=True draws later rounds' answers: give refine_rounds > 1 (the most answers a "
+                              "lineage gets, one a round)")
 
     @property
     def folder(self) -> Path:
