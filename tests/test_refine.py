@@ -111,6 +111,8 @@ def test_resample_is_an_adaptive_budget_stopped_by_the_execution_verdict(tmp_pat
     assert sorted(n.title for n in kids)[1].startswith("sample 0 · round 2")
     rounds = write_tables(load_tables(cfg.folder)).rounds.set_index(["round", "selection"])
     assert [rounds.loc[(r, "execution"), "fast_0"] for r in (1, 2, 3)] == [0.0, 0.0, 1.0]
+    # the shard plan's bound: one answer a later round with resample, refine_width of them without
+    assert cfg.items_per_lineage == 5 and ExperimentConfig.of(refine_rounds=5, refine_width=2).items_per_lineage == 9
     with pytest.raises(ConfigError, match="give refine_rounds > 1"):
         ExperimentConfig.of(resample=True, refine_rounds=1)  # a no-op asked for is refused, not ignored
 

@@ -90,6 +90,12 @@ class ExperimentConfig:
                               "lineage gets, one a round)")
 
     @property
+    def items_per_lineage(self) -> int:
+        """The most items a lineage (problem, sample) generates over the rounds: refine_width a later round
+        (one with resample)."""
+        return 1 + (self.refine_rounds - 1) * (1 if self.resample else self.refine_width)
+
+    @property
     def folder(self) -> Path:
         return Path(self.out_dir) / self.experiment_name if self.experiment_name else Path(self.out_dir)
 

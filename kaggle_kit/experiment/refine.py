@@ -27,12 +27,12 @@ import pandas as pd
 
 from kernels_eval.feedback import feedback
 from kernels_eval.metrics import FAST_P, fast_p, geomean_speedup
-from kernels_eval.prompts import SYSTEM, build_messages, build_refinement_messages
+from kernels_eval.prompts import SYSTEM, build_refinement_messages
 from kernels_eval.records import EvaluatedRecord, Evaluation, GeneratedRecord
 
 from kaggle_kit.experiment.config import ExperimentConfig
 from kaggle_kit.experiment.generate import Job
-from kaggle_kit.experiment.runner import Runner
+from kaggle_kit.experiment.runner import Runner, prompt_job
 from kaggle_kit.experiment.verifiers import score_key
 
 ATTEMPTS = "attempts.sqlite"
@@ -65,13 +65,11 @@ def next_jobs(cfg: ExperimentConfig, runner: Runner, items: list[tuple[Generated
     for pairs in by_lineage.values():
         if any(solved(ev, cfg.target_speedup) for _, ev in pairs):
             continue  # this lineage is done
-        pairs.sort(key=lambda p: _rank(p[1], p[0].candidates[p[1].index].score), reverse=True)
-        if cfg.resample:
+        if cfg.resample:  # the lineage's one answer of the last round is the parent; nothing to rank
             g = pairs[0][0]
-            problem = runner.problems[g.problem]
-            jobs.append(Job(problem, g.sample, build_messages(problem, cfg.device, cfg.tts.enable_thinking),
-                            round=round_, parent=g.key))
+            jobs.append(prompt_job(cfg, runner.problems[g.problem], g.sample, round=round_, parent=g.key))
             continue
+        pairs.sort(key=lambda p: _rank(p[1], p[0].candidates[p[1].index].score), reverse=True)
         for g, ev in pairs[: cfg.refine_width]:
             problem = runner.problems[g.problem]
             text = feedback(ev.result, ev.parse_status, cfg.target_speedup)
@@ -117,7 +115,7 @@ def write_attempts(store, cfg: ExperimentConfig, gen: dict[str, GeneratedRecord]
         e = ev.get(key)
         if e is None:
             continue
-        if g.round == 1 or g.parent_candidate is None:  # a resampled round answers the prompt again
+        if g.parent_candidate is None:  # an answer to the prompt itself: round 1's, or a resampled round's
             root = roots.get(g.problem)
             if root is None:  # the samples share the prompt: each one's candidates branch from it
                 root = roots[g.problem] = store.new_conversation(

@@ -274,9 +274,13 @@ def _local_engine(model: str | None):
     return ModelRegistry.get_engine()
 
 
+def prompt_job(cfg: ExperimentConfig, problem: Problem, sample: int, **job) -> Job:
+    """A job answering the problem's own prompt (round 1's, and a resampled round's)."""
+    return Job(problem, sample, build_messages(problem, cfg.device, cfg.tts.enable_thinking), **job)
+
+
 def initial_jobs(cfg: ExperimentConfig, problems: dict[str, Problem]) -> list[Job]:
-    return [Job(p, s, build_messages(p, cfg.device, cfg.tts.enable_thinking)) for p in problems.values()
-            for s in range(cfg.num_samples)]
+    return [prompt_job(cfg, p, s) for p in problems.values() for s in range(cfg.num_samples)]
 
 
 def run_round(runner: Runner, jobs: list[Job], round_: int = 1) -> None:

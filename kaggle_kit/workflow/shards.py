@@ -124,8 +124,6 @@ def item_seconds(params: dict[str, Any]) -> tuple[float, int]:
     from kaggle_kit.experiment.runner import item_seconds as per_item
     from kaggle_kit.tts.params import NAMES as TTS_NAMES
 
-    width = 1 if params.get("resample") else int(params["refine_width"])  # resample: one answer per lineage
-    rounds = 1 + (int(params["refine_rounds"]) - 1) * width
     total, items = 0.0, 0
     for s, sc, v in _points(params):
         # the notebook's parameters of the search (the grid point's strategy and scorer, its max_tokens)
@@ -133,10 +131,11 @@ def item_seconds(params: dict[str, Any]) -> tuple[float, int]:
                                                                      "max_tokens": params["tts_max_tokens"]}
         cfg = ExperimentConfig.of(**search, verifier=v, device="cuda",
                                   evaluate=bool(params["evaluate"]), batch_size=params["batch_size"],
-                                  refine_rounds=params["refine_rounds"], refine_width=params["refine_width"])
+                                  refine_rounds=params["refine_rounds"], refine_width=params["refine_width"],
+                                  resample=bool(params.get("resample")))
         gen, ev = per_item(cfg, int(params.get("workers") or KAGGLE_CORES))
-        total += rounds * (gen + ev)
-        items += rounds
+        total += cfg.items_per_lineage * (gen + ev)
+        items += cfg.items_per_lineage
     return total, items
 
 
