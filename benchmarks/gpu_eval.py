@@ -20,7 +20,7 @@ import time
 import torch
 
 from kernels_eval.evaluate import evaluate
-from kernels_eval.harness import _time_pair
+from kernels_eval.timing import time_calls
 from kernels_eval.problems import load_problems, reference_solution
 
 ILLEGAL = r'''
@@ -73,11 +73,11 @@ def main():
     fn = lambda: ns["ext"].relu_forward(x)  # noqa: E731
     clocks = {"Event": torch.cuda.Event, "elapsed": torch.cuda.Event.elapsed_time, "record": torch.cuda.Event.record,
               "sync": torch.cuda.synchronize}
-    ours = [_time_pair(fn, fn, "cuda", warmup=3, iters=10, rounds=5, flush_bytes=256 << 20, clocks=clocks)[1] for _ in range(5)]
+    ours = [time_calls(fn, "cuda", warmup=3, iters=10, rounds=5, flush_bytes=256 << 20, clocks=clocks)[0] for _ in range(5)]
     import triton.testing
 
     triton_ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-    torch_ms = _time_pair(lambda: torch.relu(x), lambda: torch.relu(x), "cuda", 3, 10, 5, 256 << 20, clocks)[1]
+    torch_ms = time_calls(lambda: torch.relu(x), "cuda", 3, 10, 5, 256 << 20, clocks)[0]
     report["timing"] = {
         "kernel": "relu 4096x4096 float32", "ours_ms_5_repeats": ours, "spread_max_over_min": max(ours) / min(ours),
         "ours_median_ms": statistics.median(ours), "triton_do_bench_median_ms": triton_ms,

@@ -47,6 +47,7 @@ def row_of(problem: Problem, result, wall_s: float) -> dict:
             "max_abs_diff": result.max_abs_diff, "wall_s": round(wall_s, 1), "host_peak_mb": p.get("host_peak_mb"),
             "gpu_peak_reserved_mb": p.get("gpu_peak_reserved_mb"), "gpu_process_mb": p.get("gpu_process_mb"),
             "gpu_context_mb": p.get("gpu_context_mb"), "device": p.get("device_name"),
+            "degenerate": bool((p.get("reference") or {}).get("degenerate")),
             "message": (result.message or "").strip().splitlines()[0][:300] if result.message else ""}
 
 
@@ -122,6 +123,9 @@ def summary(paths: list[str]) -> None:
             q = statistics.quantiles(sp, n=20)
             print(f"  speedup of the reference against itself: median {statistics.median(sp):.3f}, 5%-95% "
                   f"{q[0]:.3f}-{q[-1]:.3f}, min {min(sp):.3f}, max {max(sp):.3f} ({len(sp)} timed)")
+        degenerate = sorted(r["problem"] for r in rows if r.get("degenerate"))
+        if degenerate:  # once per problem: its output ignores its inputs, so any kernel ignoring them passes
+            print(f"  degenerate (output does not depend on the inputs): {', '.join(degenerate)}")
         for r in rows:
             if r["status"] != "correct":
                 print(f"  {r['problem']}: {r['status']}: {r['message'][:160]}")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from kernels_eval import __version__
+from kernels_eval.result import RULES
 
 
 def _cmd_eval(args) -> int:
@@ -62,12 +63,18 @@ def _cmd_report(args) -> int:
     if not results:
         print(f"kernels-eval: no evaluated records in {path}", file=sys.stderr)
         return 2
-    s = summary(results, count_flagged=args.count_flagged)
+    s = summary(results, count_flagged=args.count_flagged, rules=args.rules)
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
     print(table(results)[["problem", "status", "correct", "speedup", "runtime_ms", "ref_runtime_ms", "flags"]].to_string(index=False))
     print()
+    print(f"rules: {args.rules} (" + ("KernelBench's static checker's categories, kb: flags, decide what counts"
+                                     if args.rules == "kernelbench" else "our flags decide what counts; kb: flags are "
+                                     "KernelBench's categories, counted with --rules kernelbench") + ")")
+    if s["degenerate_problems"]:
+        print(f"degenerate problems (the reference's output ignores its inputs, so a kernel that never reads them "
+              f"passes): {', '.join(s['degenerate_problems'])}")
     for p in (0, 0.5, 0.8, 1, 1.5, 2):
         f = s[f"fast_{p:g}"]
         print(f"fast_{p:<4g} {f['num']:>4} / {f['den']:<4} = {f['rate']:.3f}" if f["den"] else f"fast_{p:g}: n/a")
@@ -127,6 +134,8 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
     r.add_argument("results")
     r.add_argument("--round", type=int, default=None, help="only this refinement round")
     r.add_argument("--count-flagged", action="store_true", help="count flagged (suspected cheat) results as correct")
+    r.add_argument("--rules", choices=RULES, default="ours",
+                   help="whose flags decide what counts: ours, or KernelBench's static checker's categories (kb:)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_report)
 

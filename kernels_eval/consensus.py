@@ -2,7 +2,7 @@
 
 For code there is no answer string to vote on (the MBR-exec / CodeT idea): every candidate runs on
 the same inputs, and two candidates agree when their outputs do. The evaluator's child process
-(`kernels_eval.harness`) records an output signature of each candidate's first trial: per output
+(`kernels_eval.judge`) records an output signature of each candidate's first trial: per output
 tensor its shape, dtype, values at fixed positions (the first and last few, and spread ones) and two
 whole-tensor sums. The reference's output is never consulted: this is selection without a verifier
 that knows the answer, unlike `execution`, which checks against the reference.

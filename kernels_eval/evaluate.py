@@ -1,17 +1,22 @@
-"""Evaluate a candidate kernel in a fresh, isolated subprocess.
+"""Evaluate a candidate kernel: the parent's side (trusted), which never imports candidate code.
 
-The harness process never imports candidate code. Each candidate gets its own
-process group, a scratch directory as HOME and TMPDIR, an environment without
-secrets, a memory limit (CPU), a compile timeout and a run timeout. Whatever it
-does — crash, hang, exit early, eat memory — becomes a status here, never a
-harness crash and never "correct".
+An evaluation is three processes (kernels_eval.spec names what each is asked and hands back):
+  1. reference (kernels_eval.reference): the reference's outputs for seeded inputs, made where no
+     candidate code has run, kept in the trusted cache (hidden from candidates) and reused per problem;
+  2. candidate (kernels_eval.candidate): walled in first (kernels_eval.sandbox: its own uid when we are
+     root, Landlock, seccomp, no network, a scratch folder as HOME and TMPDIR, no secrets in its
+     environment, a memory limit on CPU, compile and run timeouts); builds, runs, writes its outputs;
+  3. judge (kernels_eval.judge): compares those outputs with the reference's and times the reference,
+     again where no candidate code has run.
+Whatever the candidate does (crash, hang, exit early, eat memory, patch torch) becomes a status here,
+never a harness crash and never "correct".
 
-Builds are cached by source hash: TORCH_EXTENSIONS_DIR is one directory per
-(candidate source, device, torch version), so re-evaluating a candidate reuses
-its compiled extension.
+Builds are cached by source hash: TORCH_EXTENSIONS_DIR is one directory per (candidate source, device,
+torch version), so re-evaluating a candidate reuses its compiled extension.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -24,12 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from kernels_eval.parsing import ParsedResponse, parse_response
 from kernels_eval.problems import Problem
 from kernels_eval.result import KernelEvalResult, Status
-from kernels_eval.spec import HarnessSpec
+from kernels_eval.sandbox import Sandbox, secret_paths
+from kernels_eval.spec import CandidateRun, CandidateSpec, JudgeSpec, Judgement, ReferenceOutputs, ReferenceSpec
+from kernels_eval.static import static_flags
 
 # Default tolerances per output dtype (atol, rtol). float32 is strict enough to
 # catch a wrong kernel and loose enough for a different summation order.
@@ -43,9 +51,6 @@ _SECRET_PREFIXES = ("KAGGLE", "GROQ", "AWS_", "OPENAI", "HF_", "HUGGING", "GITHU
 def cpu_count() -> int:
     """The cores this process may use (its affinity: `taskset`, a container's cpuset), not the machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-BUILD_FAILED = "build_failed.txt"  # beside a source's build folder: the compiler's error, kept
 
 
 def default_cache_dir() -> Path:
@@ -75,7 +80,8 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
              tolerances: dict | None = None, implausible_speedup: float = 20.0, cache_dir: str | Path | None = None,
              flush_mb: int | None = None, compare_compile: bool = False, cpu_threads: int = 1,
              device_lock: str | Path | None = None, max_jobs: int | None = None, launch_slack_us: float = 100.0,
-             harness_retries: int = 0, retry_wait_s: float = 10.0, gpu_total_mib: float | None = None) -> KernelEvalResult:
+             harness_retries: int = 0, retry_wait_s: float = 10.0, gpu_total_mib: float | None = None,
+             sandbox: bool = True) -> KernelEvalResult:
     """Compile, check and time `candidate_source` (a module defining ModelNew) against `problem`.
 
     memory_limit_gb caps the address space of CPU runs (CUDA needs a huge one,
@@ -86,7 +92,9 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
     device_lock: a lock file the candidate's process takes after its build and before it
     touches the device, so builds run side by side while device runs (and timings) never overlap.
     max_jobs: compiler jobs for the build (default: every core; a pool of W builds gives each cores/W).
-    launch_slack_us: on a GPU, a spin before each timed call so the host's launch latency is not timed.
+    launch_slack_us: on a GPU, a spin before each timed call so the host's launch latency is not timed;
+    both sides are also timed without it and charged the larger (provenance "launch" says which).
+    sandbox=False runs the candidate without its walls (provenance says so): for debugging only.
     A harness_error (the evaluator ran out of GPU memory, or lost the GPU) is retried
     `harness_retries` times, `retry_wait_s` apart; it is never the kernel's verdict.
     gpu_total_mib: the most GPU memory the evaluator can ever have here, if less than the card's
@@ -96,7 +104,8 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
                    compile_timeout=compile_timeout, run_timeout=run_timeout, memory_limit_gb=memory_limit_gb,
                    tolerances=tolerances, implausible_speedup=implausible_speedup, cache_dir=cache_dir,
                    flush_mb=flush_mb, compare_compile=compare_compile, cpu_threads=cpu_threads, device_lock=device_lock,
-                   max_jobs=max_jobs, launch_slack_us=launch_slack_us, gpu_total_mib=gpu_total_mib)
+                   max_jobs=max_jobs, launch_slack_us=launch_slack_us, gpu_total_mib=gpu_total_mib,
+                   sandbox=sandbox)
     result = _evaluate_once(problem, candidate_source, device, **options)
     for attempt in range(harness_retries):
         if result.status is not Status.HARNESS_ERROR:
@@ -110,55 +119,198 @@ def evaluate(problem: Problem, candidate_source: str, device: str = "cuda", *, t
 def _evaluate_once(problem: Problem, candidate_source: str, device: str, *, trials, seed, timing, warmup, iters,
                    rounds, compile_timeout, run_timeout, memory_limit_gb, tolerances, implausible_speedup,
                    cache_dir, flush_mb, compare_compile, cpu_threads, device_lock, max_jobs,
-                   launch_slack_us, gpu_total_mib) -> KernelEvalResult:
+                   launch_slack_us, gpu_total_mib, sandbox) -> KernelEvalResult:
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
     if not isinstance(candidate_source, str) or not candidate_source.strip():
         return KernelEvalResult(problem.name, Status.NO_CODE, message="empty candidate")
     key = source_hash(candidate_source, device)
     cache = Path(cache_dir or default_cache_dir())
-    ext_dir = cache / "build" / key
-    cached = ext_dir.is_dir() and any(ext_dir.rglob("*.so"))
-    failed = ext_dir / BUILD_FAILED
+    (cache / "locks").mkdir(parents=True, exist_ok=True)
+    # One evaluation of a source at a time: two builds of it in one folder (shards or pool workers at once)
+    # made the second import a library the first had failed to build, a runtime_error instead of the
+    # compile_error it is (a verdict that depended on the machine's load); now the second reads the first's.
+    with _file_lock(cache / "locks" / f"source-{key}.lock"):
+        return _evaluate_locked(problem, candidate_source, device, key, cache, trials=trials, seed=seed,
+                                timing=timing, warmup=warmup, iters=iters, rounds=rounds,
+                                compile_timeout=compile_timeout, run_timeout=run_timeout,
+                                memory_limit_gb=memory_limit_gb, tolerances=tolerances,
+                                implausible_speedup=implausible_speedup, flush_mb=flush_mb,
+                                compare_compile=compare_compile, cpu_threads=cpu_threads, device_lock=device_lock,
+                                max_jobs=max_jobs, launch_slack_us=launch_slack_us, gpu_total_mib=gpu_total_mib,
+                                sandbox=sandbox)
+
+
+def _evaluate_locked(problem: Problem, candidate_source: str, device: str, key: str, cache: Path, *, trials, seed,
+                     timing, warmup, iters, rounds, compile_timeout, run_timeout, memory_limit_gb, tolerances,
+                     implausible_speedup, flush_mb, compare_compile, cpu_threads, device_lock, max_jobs,
+                     launch_slack_us, gpu_total_mib, sandbox) -> KernelEvalResult:
+    failed = cache / "failed" / f"{key}.txt"  # trusted: the compiler's verdict on this exact source
     if failed.is_file():  # the compiler already rejected this exact source: the same verdict, no rebuild
         return KernelEvalResult(problem.name, Status.COMPILE_ERROR, source_hash=key, cached_build=True,
                                 message=failed.read_text() + "\n(cached: this exact source failed to build before)")
-    ext_dir.mkdir(parents=True, exist_ok=True)
-    (cache / "scratch").mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{problem.name}-", dir=cache / "scratch"))
-    spec = HarnessSpec(
-        problem_source=problem.source, candidate_source=candidate_source, device=device, scratch=str(scratch),
-        trials=trials, seed=seed, timing=timing, warmup=warmup, iters=iters, rounds=rounds,
-        tolerances={**DEFAULT_TOLERANCES, **(tolerances or {})}, implausible_speedup=implausible_speedup,
-        flush_bytes=(flush_mb << 20) if flush_mb else None, compare_compile=compare_compile, cpu_threads=cpu_threads,
-        device_lock=str(device_lock) if device_lock else None, sleep_us=launch_slack_us,
-        gpu_total_bytes=int(gpu_total_mib * 2**20) if gpu_total_mib else None)
+    limit = memory_limit_gb if device == "cpu" else None
+    timing_spec = dict(warmup=warmup, iters=iters, rounds=rounds, flush_bytes=(flush_mb << 20) if flush_mb else None,
+                       sleep_us=launch_slack_us if device == "cuda" else 0.0, cpu_threads=cpu_threads)
+    # 1. the reference's outputs, from a process no candidate code has run in (cached per problem)
+    ref = reference_outputs(problem, device, seed, trials, cache, device_lock, limit, cpu_threads)
+    if isinstance(ref, str):
+        return KernelEvalResult(problem.name, Status.HARNESS_ERROR, message=ref, source_hash=key)
+    reference_info = {"degenerate": ref.degenerate, "cached": ref.cached}
+    # 2. the candidate, walled in
+    with Sandbox(cache, key, hidden=[cache / "reference", *secret_paths()], enabled=sandbox) as box:
+        cached = any(box.build.rglob("*.so"))
+        state = None
+        if ref.has_state:
+            state = str(box.scratch / "state_dict.pt")
+            shutil.copyfile(Path(ref.dir) / "state_dict.pt", state)
+            if box.uid is not None:
+                os.chown(state, box.uid, box.uid)
+        spec = CandidateSpec(
+            problem_source=problem.source, candidate_source=candidate_source, device=device,
+            scratch=str(box.scratch), trials=trials, seed=seed, timing=timing,
+            gpu_total_bytes=int(gpu_total_mib * 2**20) if gpu_total_mib else None,
+            reference_bytes=ref.peak_bytes, state_dict=state, **timing_spec)
+        env = clean_env(dict(os.environ))
+        env.update(TORCH_EXTENSIONS_DIR=str(box.build), HOME=str(box.scratch), TMPDIR=str(box.scratch),
+                   PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1", USER="kk-sandbox", LOGNAME="kk-sandbox")
+        env["MAX_JOBS"] = str(max_jobs or cpu_count())
+        if device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        log = box.scratch / "output.log"
+        message = {"spec": spec.to_json(), "sandbox": box.plan}
+        raw, fail_status, fail_msg, walls = _run("kernels_eval.candidate", message, env, box.scratch, log,
+                                                 compile_timeout + 60, compile_timeout, run_timeout, limit, device_lock)
+        log_tail = _tail(log)
+        provenance = {"sandbox": walls, "reference": reference_info}
+        if raw is None:
+            msg = fail_msg + (f"\n--- candidate output ---\n{log_tail}" if log_tail else "")
+            return KernelEvalResult(problem.name, fail_status, message=msg, source_hash=key, cached_build=cached,
+                                    compiled=fail_status is Status.TIMEOUT and fail_msg.startswith("run"),
+                                    provenance=provenance)
+        run = CandidateRun.from_json(raw)
+        run.provenance.update(provenance)
+        if run.status != "ran":
+            result = _early_result(problem, run, key, cached, log_tail, failed)
+            result.flags = sorted(set(result.flags) | set(static_flags(candidate_source))) if result.compiled else result.flags
+            return result
+        # 3. the verdict, from what it wrote, in a process it never reached
+        verdict = _judge(problem, run, ref, box, tolerances, trials, timing and compare_compile, timing, device,
+                         seed, device_lock, limit, timing_spec)
+    if isinstance(verdict, str):
+        return KernelEvalResult(problem.name, Status.HARNESS_ERROR, message=verdict, source_hash=key,
+                                cached_build=cached, compiled=True, provenance=run.provenance)
+    result = _combine(problem, run, verdict, key, cached, implausible_speedup)
+    result.flags = sorted(set(result.flags) | set(static_flags(candidate_source)))
+    return result
+
+
+def _early_result(problem, run: CandidateRun, key: str, cached: bool, log_tail: str, failed: Path) -> KernelEvalResult:
+    status = Status(run.status)
+    message = run.message or ""
+    if status in (Status.COMPILE_ERROR, Status.RUNTIME_ERROR) and log_tail:
+        message += f"\n--- candidate output ---\n{log_tail}"
+    if status is Status.COMPILE_ERROR and _deterministic_build_error(message):
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        failed.write_text(message)
+    return KernelEvalResult(problem.name, status, compiled=run.compiled, compile_s=run.compile_s, trials=run.trials,
+                            flags=run.flags, message=message, provenance=run.provenance, source_hash=key,
+                            cached_build=cached)
+
+
+def _combine(problem, run: CandidateRun, verdict: Judgement, key: str, cached: bool,
+             implausible_speedup: float) -> KernelEvalResult:
+    prov = {**run.provenance, "weights": verdict.weights}
+    flags = list(run.flags)
+    result = KernelEvalResult(problem.name, Status.CORRECT if verdict.correct else Status.INCORRECT, compiled=True,
+                              correct=verdict.correct, flags=flags, message=verdict.message or run.message,
+                              max_abs_diff=verdict.max_abs_diff, trials=verdict.trials, compile_s=run.compile_s,
+                              cached_build=cached, provenance=prov, source_hash=key,
+                              output_signature=verdict.output_signature)
+    if verdict.correct and run.runtime_ms and verdict.ref_runtime_ms:
+        result.runtime_ms, result.runtime_spread, result.ref_runtime_ms = run.runtime_ms, run.runtime_spread, verdict.ref_runtime_ms
+        result.speedup = verdict.ref_runtime_ms / run.runtime_ms if run.runtime_ms > 0 else None
+        prov.update(ref_spread=verdict.ref_spread, ref_launch=verdict.ref_timing.get("launch"))
+        if verdict.compiled_ref_runtime_ms:
+            result.compiled_ref_runtime_ms = verdict.compiled_ref_runtime_ms
+            result.speedup_vs_compile = verdict.compiled_ref_runtime_ms / run.runtime_ms
+        if result.speedup and result.speedup > implausible_speedup:
+            flags.append("implausible_speedup")
+    result.flags = sorted(set(flags))
+    return result
+
+
+def reference_outputs(problem: Problem, device: str, seed: int, trials: int, cache: Path, device_lock,
+                      memory_limit_gb, cpu_threads: int) -> ReferenceOutputs | str:
+    """The reference's outputs for these settings, made once (in a process of their own) and kept in the
+    trusted cache; or why they could not be made (a harness error: no verdict on any kernel)."""
+    import importlib.metadata
+
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "?"
+    h = hashlib.sha256(f"{device}\0{seed}\0{trials}\0{torch_version}\0".encode() + problem.source.encode())
+    root = cache / "reference"
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)  # hidden from candidates: by owner when they get their own uid, by Landlock else
+    final = root / h.hexdigest()[:20]
+    with _file_lock(root / f"{final.name}.lock"):
+        done = final / "reference.json"
+        if done.is_file():
+            return ReferenceOutputs(**{**json.loads(done.read_text())["ok"], "dir": str(final), "cached": True})
+        work = Path(tempfile.mkdtemp(prefix="making-", dir=root))
+        spec = ReferenceSpec(problem_source=problem.source, device=device, seed=seed, trials=trials, dir=str(work),
+                             cpu_threads=cpu_threads)
+        env = _trusted_env(device)
+        raw, status, msg, _ = _run("kernels_eval.reference", {"spec": spec.to_json()}, env, work, work / "output.log",
+                                   600.0, 600.0, 600.0, memory_limit_gb, device_lock)
+        if raw is None or "ok" not in raw:
+            why = (raw or {}).get("error") or f"the reference's process: {msg}\n{_tail(work / 'output.log')}"
+            shutil.rmtree(work, ignore_errors=True)
+            return why
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(work, final)
+        return ReferenceOutputs(**{**raw["ok"], "dir": str(final)})
+
+
+def _judge(problem, run: CandidateRun, ref: ReferenceOutputs, box: Sandbox, tolerances, trials, compare_compile,
+           timing, device, seed, device_lock, memory_limit_gb, timing_spec) -> Judgement | str:
+    one_trial = sum(p.stat().st_size for p in Path(ref.dir).glob("out-0.bin"))
+    time_spec = None
+    work = Path(tempfile.mkdtemp(prefix="judge-", dir=Path(ref.dir).parent))
+    try:
+        if timing and run.runtime_ms:
+            time_spec = ReferenceSpec(problem_source=problem.source, device=device, seed=seed, trials=trials,
+                                      dir=str(work), compare_compile=compare_compile, **timing_spec)
+        spec = JudgeSpec(reference_dir=ref.dir, outputs_dir=str(box.scratch / "outputs"), variants=run.variants,
+                         trials=trials, tolerances={**DEFAULT_TOLERANCES, **(tolerances or {})}, owner=box.uid,
+                         max_bytes=4 * one_trial + (1 << 20), time=time_spec)
+        raw, status, msg, _ = _run("kernels_eval.judge", {"spec": spec.to_json()}, _trusted_env(device), work,
+                                   work / "output.log", 600.0, 600.0, 1200.0, None, device_lock)
+        if raw is None or "ok" not in raw:
+            return (raw or {}).get("error") or f"the judge's process: {msg}\n{_tail(work / 'output.log')}"
+        return Judgement.from_json(raw["ok"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _trusted_env(device: str) -> dict:
     env = clean_env(dict(os.environ))
-    env.update(TORCH_EXTENSIONS_DIR=str(ext_dir), HOME=str(scratch), TMPDIR=str(scratch),
-               PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
-    if max_jobs:
-        env["MAX_JOBS"] = str(max_jobs)
-    env.setdefault("MAX_JOBS", str(cpu_count()))
+    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+@contextmanager
+def _file_lock(path: Path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        raw, fail_status, fail_msg = _run(spec, env, scratch, compile_timeout, run_timeout,
-                                          memory_limit_gb if device == "cpu" else None)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        log_tail = _tail(scratch / "output.log")
-        shutil.rmtree(scratch, ignore_errors=True)
-    if raw is None:
-        msg = fail_msg + (f"\n--- candidate output ---\n{log_tail}" if log_tail else "")
-        return KernelEvalResult(problem.name, fail_status, message=msg, source_hash=key, cached_build=cached,
-                                compiled=fail_status is Status.TIMEOUT and fail_msg.startswith("run"))
-    raw["status"] = Status(raw["status"])
-    if raw["status"] in (Status.COMPILE_ERROR, Status.RUNTIME_ERROR) and log_tail:
-        raw["message"] = (raw.get("message") or "") + f"\n--- candidate output ---\n{log_tail}"
-    if raw["status"] is Status.COMPILE_ERROR and _deterministic_build_error(raw.get("message") or ""):
-        failed.write_text(raw["message"])
-    known = KernelEvalResult.__dataclass_fields__
-    return KernelEvalResult(problem=problem.name, source_hash=key, cached_build=cached,
-                            **{k: v for k, v in raw.items() if k in known and k != "problem"})
+        os.close(fd)
 
 
 def _deterministic_build_error(message: str) -> bool:
@@ -196,33 +348,49 @@ def _limits(memory_limit_gb: float | None):
     return apply
 
 
-def _run(spec: HarnessSpec, env: dict, scratch: Path, compile_timeout: float, run_timeout: float,
-         memory_limit_gb: float | None) -> tuple[dict | None, Status, str]:
+def _run(module: str, message: dict, env: dict, cwd: Path, log_path: Path, start_timeout: float,
+         compile_timeout: float, run_timeout: float, memory_limit_gb: float | None,
+         device_lock) -> tuple[dict | None, Status, str, dict]:
+    """Run one of an evaluation's processes (`python -m module`) to its answer: (answer, _, _, sandbox report),
+    or (None, status, why, report) when it timed out, crashed or exited without one. The timeouts follow
+    the phases it reports (compiling, compiled: waiting for the device, running)."""
     nonce = secrets.token_hex(16)
     r, w = os.pipe()
-    with open(scratch / "output.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kernels_eval.harness"], stdin=subprocess.PIPE, stdout=log, stderr=log,
-            cwd=scratch, env=env, pass_fds=(w,), start_new_session=True, preexec_fn=_limits(memory_limit_gb),
-        )
-    os.close(w)
+    fds = [w]
+    lock_fd = None
+    if device_lock:
+        lock_fd = os.open(device_lock, os.O_RDWR | os.O_CREAT, 0o666)
+        fds.append(lock_fd)
+        message["spec"] = {**message["spec"], "lock_fd": lock_fd}
     try:
-        proc.stdin.write((json.dumps({"spec": spec.to_json(), "fd": w, "nonce": nonce}) + "\n").encode())
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=log, stderr=log,
+                cwd=cwd, env=env, pass_fds=tuple(fds), start_new_session=True, preexec_fn=_limits(memory_limit_gb),
+            )
+        if box_uid := (message.get("sandbox") or {}).get("uid"):
+            os.chown(log_path, box_uid, box_uid)
+    finally:
+        os.close(w)
+        if lock_fd is not None:
+            os.close(lock_fd)  # the child's copy is the one that locks
+    try:
+        proc.stdin.write((json.dumps({**message, "fd": w, "nonce": nonce}) + "\n").encode())
         proc.stdin.close()
     except BrokenPipeError:
         pass
-    phase, deadline = "starting", time.monotonic() + compile_timeout + 60  # interpreter + torch import
-    buf, result = b"", None
+    phase, deadline = "starting", time.monotonic() + start_timeout  # interpreter + torch import
+    buf, result, walls = b"", None, {}
     with os.fdopen(r, "rb", buffering=0) as pipe:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 _kill(proc)
                 if phase == "compiled":  # never got the device: nothing was decided about the kernel
-                    return None, Status.HARNESS_ERROR, f"waited over {LOCK_WAIT_S:.0f}s for the device lock"
+                    return None, Status.HARNESS_ERROR, f"waited over {LOCK_WAIT_S:.0f}s for the device lock", walls
                 limit = run_timeout if phase == "running" else compile_timeout
                 what = "run" if phase == "running" else "compile"
-                return None, Status.TIMEOUT, f"{what} timed out after {limit:.0f}s"
+                return None, Status.TIMEOUT, f"{what} timed out after {limit:.0f}s", walls
             ready, _, _ = select.select([pipe], [], [], min(left, 0.5))
             if not ready:
                 continue
@@ -237,8 +405,10 @@ def _run(spec: HarnessSpec, env: dict, scratch: Path, compile_timeout: float, ru
                 except ValueError:
                     continue
                 if msg.get("nonce") != nonce:
-                    continue  # not from the harness
-                if msg.get("phase") == "compiling":
+                    continue  # not from our code
+                if msg.get("phase") == "sandboxed":
+                    walls = msg.get("sandbox") or {}
+                elif msg.get("phase") == "compiling":
                     phase, deadline = "compiling", time.monotonic() + compile_timeout
                 elif msg.get("phase") == "compiled":  # built; waiting for the device lock, if any
                     phase, deadline = "compiled", time.monotonic() + LOCK_WAIT_S
@@ -250,16 +420,16 @@ def _run(spec: HarnessSpec, env: dict, scratch: Path, compile_timeout: float, ru
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         _kill(proc)
-    _kill(proc)  # anything the candidate left running in its group
+    _kill(proc)  # anything the child left running in its group
     if result is not None:
-        return result, Status.CORRECT, ""
+        return result, Status.CORRECT, "", walls
     rc = proc.returncode
     if rc is not None and rc < 0:
         name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
         why = f"killed by {name}" + (" (memory limit or out of memory?)" if name in ("SIGKILL", "SIGSEGV", "SIGABRT") else "")
     else:
         why = f"exited with code {rc} without reporting a result (os._exit or sys.exit in the candidate?)"
-    return None, Status.CRASHED, f"the candidate process {why} during {phase}"
+    return None, Status.CRASHED, f"the candidate process {why} during {phase}", walls
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -84,8 +84,8 @@ def feedback(result: KernelEvalResult, parse_status: str | None = None, target_s
         flags = ""
         if "no_custom_kernel" in result.flags:
             flags = " It does not call a compiled custom kernel, so it does not count: write the custom kernel."
-        elif result.flags:
-            flags = f" It was flagged ({', '.join(result.flags)}), so it does not count."
+        elif ours := [f for f in result.flags if not f.startswith("kb:")]:
+            flags = f" It was flagged ({', '.join(ours)}), so it does not count."
         if result.speedup and result.runtime_ms and result.ref_runtime_ms:
             goal = "It already beats the target: make it faster still." if result.speedup >= target_speedup else \
                 f"Make it faster than {result.ref_runtime_ms / target_speedup:.4g} ms (a {target_speedup:g}x speedup)."

@@ -24,6 +24,9 @@ class Status(str, Enum):
     SKIPPED = "skipped"
 
 
+RULES = ("ours", "kernelbench")  # what counts as a correct kernel (KernelEvalResult.counts_as_correct_under)
+
+
 @dataclass
 class KernelEvalResult:
     problem: str
@@ -59,8 +62,17 @@ class KernelEvalResult:
 
     @property
     def counts_as_correct(self) -> bool:
-        """Correct and not flagged: what metrics count unless asked otherwise."""
-        return self.correct and not self.flags
+        """Correct and not flagged (our rules): what metrics count unless asked otherwise."""
+        return self.counts_as_correct_under("ours")
+
+    def counts_as_correct_under(self, rules: str = "ours") -> bool:
+        """"ours": correct with none of our flags. "kernelbench": correct with none of KernelBench's static
+        checker's categories ("kb:" flags, kernels_eval.static); our dynamic flags are not its rules."""
+        if rules not in RULES:
+            raise ValueError(f"rules must be one of {RULES}, got {rules!r}")
+        if rules == "kernelbench":
+            return self.correct and not any(f.startswith("kb:") for f in self.flags)
+        return self.correct and not any(not f.startswith("kb:") for f in self.flags)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,30 +1,122 @@
-"""What the parent asks the isolated child (kernels_eval.harness) to do for one candidate: one typed
-spec, built by `kernels_eval.evaluate` and read by the harness, sent as JSON on the child's stdin."""
+"""What the parent (`kernels_eval.evaluate`) asks each of an evaluation's processes, and what each hands back.
+
+An evaluation is three phases in three processes; only the middle one ever runs candidate code:
+
+    reference  (kernels_eval.reference, trusted)  ReferenceSpec  -> ReferenceOutputs  (cached per problem)
+    candidate  (kernels_eval.candidate, sandbox)  CandidateSpec  -> CandidateRun      (claims, not verdicts)
+    judge      (kernels_eval.judge, trusted)      JudgeSpec      -> Judgement         (the verdict, and the
+                                                                                       reference's timing)
+
+Specs go to a child as JSON on its stdin; results come back as JSON on an inherited pipe.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
+
+
+class _Json:
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass(frozen=True)
-class HarnessSpec:
+class ReferenceSpec(_Json):
+    """The reference's outputs for `trials` seeded inputs (task "outputs"), or its timing (task "time")."""
+    problem_source: str
+    device: str  # "cuda" or "cpu"
+    seed: int
+    trials: int
+    dir: str  # the trusted folder its outputs and state_dict are written to / read from
+    cpu_threads: int = 1
+    lock_fd: int | None = None  # the device lock, opened by the parent, taken before the device is touched
+    warmup: int = 3
+    iters: int = 10
+    rounds: int = 5
+    flush_bytes: int | None = None
+    sleep_us: float = 0.0
+    compare_compile: bool = False
+
+
+@dataclass
+class ReferenceOutputs(_Json):
+    dir: str
+    trials: int
+    has_state: bool  # the reference has parameters or buffers (a state_dict worth copying)
+    degenerate: bool  # every trial's output equal although the inputs differ: it ignores its inputs
+    peak_bytes: int = 0  # the most the reference's forward took on the host (CPU)
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class CandidateSpec(_Json):
     problem_source: str
     candidate_source: str
-    device: str  # "cuda" or "cpu"
-    scratch: str  # the child's working folder (HOME, TMPDIR)
+    device: str
+    scratch: str  # the child's working folder (HOME, TMPDIR); outputs go to scratch/outputs
     trials: int
     seed: int
     timing: bool
     warmup: int
     iters: int
     rounds: int
-    tolerances: dict  # dtype -> (atol, rtol), "default" among them
-    implausible_speedup: float
     flush_bytes: int | None = None  # the L2 flush buffer (None: twice the GPU's L2)
-    compare_compile: bool = False
     cpu_threads: int = 1
-    device_lock: str | None = None  # a lock file taken after the build, before the device is touched
-    sleep_us: float = 0.0  # a GPU-side spin before each timed call
+    lock_fd: int | None = None
+    sleep_us: float = 0.0  # a GPU-side spin before each timed call (also timed without)
     gpu_total_bytes: int | None = None  # the most GPU memory the evaluator may ever have, if less than the card
+    reference_bytes: int = 0  # the reference's own forward on the host: an OOM under that is the limit's fault
+    state_dict: str | None = None  # the reference's weights, copied in only when a same-seed model fails
 
-    def to_json(self) -> dict:
-        return asdict(self)
+
+@dataclass
+class CandidateRun(_Json):
+    """What the sandboxed process says it did. Its outputs are judged elsewhere; its timing is its own."""
+    status: str  # "ran", or an early verdict: compile_error, runtime_error, rejected, incorrect
+    message: str = ""
+    compiled: bool = False
+    compile_s: float | None = None
+    variants: list[str] = field(default_factory=list)  # outputs written: "same_seed", then maybe "copied"
+    runtime_ms: float | None = None
+    runtime_spread: float | None = None
+    timing: dict = field(default_factory=dict)  # how the runtime was taken (launch slack or not)
+    flags: list[str] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+    trials: int = 0
+
+
+@dataclass(frozen=True)
+class JudgeSpec(_Json):
+    reference_dir: str
+    outputs_dir: str
+    variants: list
+    trials: int
+    tolerances: dict  # dtype -> (atol, rtol), "default" among them
+    owner: int | None = None  # the candidate's uid: files of anyone else are refused
+    max_bytes: int = 0  # the most one trial's outputs may take on disk
+    time: ReferenceSpec | None = None  # time the reference too (when the candidate is correct)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "JudgeSpec":
+        d = dict(d)
+        if d.get("time"):
+            d["time"] = ReferenceSpec.from_json(d["time"])
+        return super().from_json.__func__(cls, d)
+
+
+@dataclass
+class Judgement(_Json):
+    correct: bool
+    message: str = ""
+    trials: int = 0
+    max_abs_diff: float | None = None
+    weights: str | None = None  # which of the candidate's models passed: "same_seed" or "copied"
+    output_signature: list | None = None
+    ref_runtime_ms: float | None = None
+    ref_spread: float | None = None
+    ref_timing: dict = field(default_factory=dict)
+    compiled_ref_runtime_ms: float | None = None
