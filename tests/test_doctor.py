@@ -133,7 +133,8 @@ def test_doctor_command_runs_here(tiny_model_dir):
     report = json.loads(out.stdout)
     names = {c["name"]: c for c in report["checks"]}
     assert report["ok"] and names["vllm"]["status"] == "ok"  # vLLM imported for real in a child process
-    assert {"gpus", "driver", "model", "kernels", "memory", "ram", "disk", "cpus"} <= set(names)
+    assert {"gpus", "driver", "model", "kernels", "memory", "ram", "disk", "cpus", "sandbox"} <= set(names)
+    assert "seccomp" in names["sandbox"]["detail"]  # the walls candidate kernels get on this machine
     bad = subprocess.run([str(Path(sys.executable).parent / "kaggle-kit"), "doctor", "--model", "/nonexistent",
                           "--no-import"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "FAIL  model" in bad.stdout
@@ -182,3 +183,13 @@ def test_the_compile_cache_says_whether_this_start_is_warm(qwen14b):
     assert "seeded from 2 earlier" in diagnose(warm, qwen14b).check("compile cache").detail
     cpu = Machine(**{**cold.__dict__, "gpus": []})
     assert "compile cache" not in [c.name for c in diagnose(cpu, qwen14b).checks]
+
+
+def test_doctor_warns_when_candidate_kernels_would_be_less_walled_in():
+    from kaggle_kit.workflow.doctor import _host_checks
+
+    whole = {"complete": True, "summary": "own uid per candidate, landlock v7, seccomp: no sockets"}
+    part = {"complete": False, "summary": "landlock v4, seccomp: no sockets; without own uid (not root)"}
+    ok = next(c for c in _host_checks(Machine(**{**CPU.__dict__, "sandbox": whole})) if c.name == "sandbox")
+    warn = next(c for c in _host_checks(Machine(**{**CPU.__dict__, "sandbox": part})) if c.name == "sandbox")
+    assert ok.status == "ok" and warn.status == "warn" and "without own uid" in warn.detail and warn.fix

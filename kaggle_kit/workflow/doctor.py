@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from kernels_eval import sandbox
 from kernels_eval.evaluate import cpu_count
 
 from kaggle_kit.config import KaggleKitError, Settings
@@ -56,6 +57,7 @@ class Machine:
     on_kaggle: bool = False
     compile_cache: str | None = None  # where the engine keeps what it compiles (engine/compile_cache.py)
     previous_compile_caches: int = 0  # copies attached from earlier sessions' outputs
+    sandbox: dict | None = None  # kernels_eval.sandbox.describe(): the walls candidate kernels get here
 
 
 @dataclass
@@ -336,6 +338,11 @@ def _host_checks(m: Machine) -> list[Check]:
         out.append(Check("disk", "warn" if low else "ok", f"{m.disk_free_bytes / GIB:.1f} GiB free at {m.disk_path}",
                          "kernel builds and records need a few GiB: delete old outputs" if low else None))
     out.append(Check("cpus", "ok", f"{m.cpu_cores} cores: kernel builds run {max(1, m.cpu_cores)} at a time"))
+    if m.sandbox is not None:
+        whole = m.sandbox.get("complete")
+        out.append(Check("sandbox", "ok" if whole else "warn", f"candidate kernels run walled in: {m.sandbox['summary']}",
+                         None if whole else "other processes and files are less protected from model-written code "
+                         "here (each result's provenance 'sandbox' says which walls stood)"))
     return out
 
 
@@ -410,6 +417,7 @@ def probe(import_vllm: bool = True, disk_path: str | None = None, timeout: float
         disk_path=path, cpu_cores=cpu_count(),
         on_kaggle=bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")),
         compile_cache=str(cache) if cache else None, previous_compile_caches=len(previous),
+        sandbox=sandbox.describe(),
     )
 
 
