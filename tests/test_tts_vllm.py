@@ -93,7 +93,9 @@ def test_strategy_end_to_end(registered, strategy, scorer):
     prefix = base
     for s in res.steps:
         c = by_ids[(prefix, s.token_ids)]
-        assert s.uncertainty == pytest.approx(uncertainty(scorer, c.chosen_logprobs, c.returned_logprobs))
+        # vLLM on CPU is not bit-reproducible across batch shapes: an identical step sampled in another
+        # call (another batch) can carry logprobs ~1e-6 apart, so relative 1e-4, not pytest's 1e-6
+        assert s.uncertainty == pytest.approx(uncertainty(scorer, c.chosen_logprobs, c.returned_logprobs), rel=1e-4)
         prefix += s.token_ids
 
 
