@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
@@ -332,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     # stdout is for results (e.g. --json); vLLM logs to stdout unless told otherwise.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from kaggle_kit.config import KaggleKitError
+    from kaggle_kit.config import KaggleKitError, quiet_logs
+
+    quiet_logs(args.verbose)  # third-party noise off; -v / KK_LOG_LEVEL=INFO brings it back
 
     try:
         return args.func(args)

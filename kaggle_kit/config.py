@@ -138,3 +138,33 @@ def add_field_arguments(parser, cls, *, names=None, dest=None, given_only: bool 
             meta.setdefault("metavar", f.name.upper())
         parser.add_argument(*opts, dest=where, default=default if not given_only and "append" != meta.get("action")
                             else None, help=shown, **meta)
+
+
+# Third-party loggers that speak to developers, not to a person running the demo or a CLI: vLLM's INFO
+# lines (NUMA binding, config dumps), Jupyter's ("Kernel is running over TCP without encryption"),
+# papermill's and torch's notices. Errors always pass.
+QUIET_LOGGERS = ("vllm", "jupyter_client", "traitlets", "papermill", "nbclient", "asyncio", "httpx", "urllib3",
+                 "torch", "transformers", "filelock")
+
+
+def quiet_logs(verbose: bool = False) -> bool:
+    """Third-party log noise off unless `verbose` or KK_LOG_LEVEL=INFO|DEBUG; returns whether it is verbose.
+    Set before vLLM is imported (its level is read from VLLM_LOGGING_LEVEL), and inherited by child
+    processes (papermill's kernel, the evaluator's)."""
+    import logging
+    import warnings
+
+    level = (os.environ.get("KK_LOG_LEVEL") or ("INFO" if verbose else "WARNING")).upper()
+    verbose = level in ("INFO", "DEBUG")
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        return True
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", module=r"(torch|vllm|transformers|jupyter_client|papermill)(\..*)?")
+    return False

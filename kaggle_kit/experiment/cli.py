@@ -45,9 +45,10 @@ def add_run(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    from kaggle_kit.config import ConfigError
+    from kaggle_kit.config import ConfigError, quiet_logs
 
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for results
+    quiet_logs()  # third-party noise off; KK_LOG_LEVEL=INFO brings it back
     return kernels_cli.main(argv, extend=add_run, errors=(ConfigError, RuntimeError))
 
 
