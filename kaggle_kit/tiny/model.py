@@ -211,6 +211,18 @@ def _fit(model, sequences: list[list[int]], answer_starts: list[int], steps: int
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
         return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total, 20), pct_start=0.1)
 
+    import time
+
+    total, done, t0, said = steps + steps // FULL_EVERY, [0], time.perf_counter(), [time.perf_counter()]
+
+    def tick():  # a line every 30 s: a long fit is never silent (the bits do not depend on it)
+        done[0] += 1
+        now = time.perf_counter()
+        if now - said[0] >= 30:
+            said[0] = now
+            print(f"  fitting the tiny model: step {done[0]}/{total} ({now - t0:.0f} s, "
+                  f"~{(now - t0) / done[0] * (total - done[0]):.0f} s left)", flush=True)
+
     model.train()
     seq_len, batch = 256, 8
     stream = torch.tensor([t for s in sequences for t in s], dtype=torch.long)
@@ -224,6 +236,7 @@ def _fit(model, sequences: list[list[int]], answer_starts: list[int], steps: int
         pick = ends[torch.randint(0, len(ends), (batch,), generator=g)]
         idx = pick[:, None] + torch.arange(-seq_len, 1)[None, :]
         step(opt, sched, stream[idx], is_answer[idx[:, 1:]])
+        tick()
 
     full_steps, batch = steps // FULL_EVERY, 4
     weights = torch.tensor([float(len(s) - a) for s, a in zip(sequences, answer_starts)])
@@ -237,6 +250,7 @@ def _fit(model, sequences: list[list[int]], answer_starts: list[int], steps: int
             x[i, :len(sequences[r])] = torch.tensor(sequences[r])
             target[i, answer_starts[r]:len(sequences[r])] = True
         step(opt, sched, x, target[:, 1:])
+        tick()
     model.eval()
 
 
@@ -270,14 +284,14 @@ def default_tiny_dir() -> Path:
 
 def ensure_tiny_model(model_dir: str | Path | None = None) -> Path:
     """The tiny model at `model_dir` (default: the per-recipe cache), built there first when it is
-    missing or was built by another recipe (an older checkout's fit). A build takes about 4 minutes
-    on 2 cores; every later call, test session and demo reuses it."""
+    missing or was built by another recipe (an older checkout's fit). A build took 435 s on 2 cores
+    (issue #32); every later call, test session and demo reuses it."""
     model_dir = Path(model_dir) if model_dir else default_tiny_dir()
     stamp = model_dir / RECIPE_FILE
     if not (model_dir / "config.json").exists() or not stamp.exists() or stamp.read_text().strip() != recipe():
         import time
 
-        print(f"building the tiny model in {model_dir} (about 4 minutes on 2 cores, once per recipe) ...", flush=True)
+        print(f"building the tiny model in {model_dir} (about 7 minutes on 2 cores, once per recipe) ...", flush=True)
         t = time.perf_counter()
         tmp = model_dir.with_name(model_dir.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)

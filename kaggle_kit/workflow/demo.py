@@ -60,15 +60,24 @@ def run_demo(out_dir: str | Path = "runs/demo", model_dir: str | Path | None = N
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+
+    def phase(n: int, what: str) -> None:  # a line per phase: the terminal says what is happening
+        print(f"[{n}/5 {time.perf_counter() - began:5.0f} s] {what}", flush=True)
+
+    phase(1, "the tiny model (built once per machine and recipe, then cached)")
     summary: dict = {"import_kaggle_kit_s": round(measure_import_seconds(), 3)}
     model_dir = ensure_tiny_model(model_dir)
 
+    phase(2, "starting the vLLM engine on the CPU (~20-40 s)")
     t = time.perf_counter()
     kk.ensure_model(str(model_dir))
     summary["engine_start_s"] = round(time.perf_counter() - t, 1)
     engine = kk.VLLMClient.get_engine()
+    phase(3, f"engine up in {summary['engine_start_s']} s; measuring throughput (16 samples of 128 tokens)")
     summary["throughput_n16"] = measure_throughput(engine)
 
+    phase(4, "streaming and the backend chain")
     print("\n--- kk.VLLMClient.generate_stream (temperature 0) ---", flush=True)
     t = time.perf_counter()
     first = None
@@ -91,10 +100,11 @@ def run_demo(out_dir: str | Path = "runs/demo", model_dir: str | Path | None = N
     # The product as users run it: the ordered notebooks, one papermill kernel, on the tiny model.
     from kaggle_kit.workflow.notebooks import run_notebooks
 
-    print("\n--- running notebooks/01..04 with papermill (tiny model, CPU, real vLLM) ---", flush=True)
+    phase(5, "notebooks 01..04 with papermill (tiny model, CPU, real vLLM; the first run on a machine also "
+             "builds each C++ kernel once, ~30 s each); a line every 20 s says what runs")
     t = time.perf_counter()
     executed = run_notebooks({"tiny": True, "tiny_dir": str(model_dir), **DEMO_PARAMS}, out / "notebooks",
-                             progress_bar=False)
+                             progress_bar=False, heartbeat_s=20)
     summary["notebooks_s"] = round(time.perf_counter() - t, 1)
     run_dir = executed.parent
     results, candidates, _ = kk.pipeline.load_run(run_dir)

@@ -11,6 +11,7 @@ import itertools
 import json
 import re
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,10 @@ def inject(bundle: str | Path, params: dict[str, Any], out_path: str | Path) -> 
 
 
 def run_notebooks(params: dict[str, Any] | None = None, out_dir: str | Path = "runs/latest", stages=None,
-                  kernel_name: str = "python3", log_output: bool = False, progress_bar: bool = True) -> Path:
-    """Execute the ordered stages in one kernel (so the model loads once); returns the executed notebook."""
+                  kernel_name: str = "python3", log_output: bool = False, progress_bar: bool = True,
+                  heartbeat_s: float | None = None) -> Path:
+    """Execute the ordered stages in one kernel (so the model loads once); returns the executed notebook.
+    With `heartbeat_s`, a line every so often says which cell runs and the last thing it printed."""
     import papermill as pm
 
     out = Path(out_dir)
@@ -113,9 +116,56 @@ def run_notebooks(params: dict[str, Any] | None = None, out_dir: str | Path = "r
     bundle = build_bundle(stages, out / "bundle.ipynb")
     check_parameters(params, parameter_defaults(bundle))
     executed = out / "executed.ipynb"
-    pm.execute_notebook(str(bundle), str(executed), parameters=params, kernel_name=kernel_name,
-                        log_output=log_output, progress_bar=progress_bar, cwd=str(Path.cwd()))
+    with _heartbeat(executed, heartbeat_s):
+        pm.execute_notebook(str(bundle), str(executed), parameters=params, kernel_name=kernel_name,
+                            log_output=log_output, progress_bar=progress_bar, cwd=str(Path.cwd()),
+                            **({"autosave_cell_every": max(5, int(heartbeat_s) // 2)} if heartbeat_s else {}))
     return executed
+
+
+@contextmanager
+def _heartbeat(executed: Path, every: float | None):
+    """Print what the running cell is doing every `every` seconds (from papermill's autosaves of the
+    executed notebook), so a long cell is never silent on the terminal."""
+    import threading
+    import time
+
+    if not every:
+        yield
+        return
+    stop, start = threading.Event(), time.monotonic()
+
+    def beat():
+        while not stop.wait(every):
+            line = _running_cell(executed)
+            if line:
+                print(f"  [{int(time.monotonic() - start) // 60}:{int(time.monotonic() - start) % 60:02d}] {line}",
+                      flush=True)
+
+    t = threading.Thread(target=beat, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(2)
+
+
+def _running_cell(executed: Path) -> str:
+    try:
+        nb = json.loads(executed.read_text())
+    except (OSError, ValueError):
+        return ""
+    code = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+    for i, cell in enumerate(code):
+        if (cell.get("metadata", {}).get("papermill") or {}).get("status") != "running":
+            continue
+        text = [ln for o in cell.get("outputs", []) for ln in "".join(o.get("text", "")).splitlines() if ln.strip()]
+        first = next((ln for ln in "".join(cell.get("source", "")).splitlines() if ln.strip()
+                      and not ln.startswith("#")), "")
+        last = text[-1].split("\r")[-1].strip()[:110] if text else "(no output yet)"
+        return f"cell {i + 1}/{len(code)} `{first.strip()[:50]}`: {last}"
+    return ""
 
 
 def _slug(point: dict) -> str:
