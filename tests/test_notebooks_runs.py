@@ -239,3 +239,36 @@ def test_step_traces_of_a_grid_draw_one_run_s_tree(tmp_path):
     assert "entropy" in fig.axes[0].get_title()
     chosen = [line for line in fig.axes[0].get_lines() if line.get_label() == "chosen path"][0]
     assert list(chosen.get_ydata()) == [0.5, 0.7, 0.9]
+
+
+def test_the_heartbeat_names_the_running_cell_and_its_last_line(tmp_path):
+    # What make demo prints every 20 s while a long cell runs, read from papermill's autosave.
+    nb = nbformat.v4.new_notebook()
+    done = nbformat.v4.new_code_cell("import kaggle_kit as kk")
+    done.metadata["papermill"] = {"status": "completed"}
+    running = nbformat.v4.new_code_cell("# the kernels\nresults = kk.run_tts_kernels(**params)")
+    running.metadata["papermill"] = {"status": "running"}
+    running.outputs = [nbformat.v4.new_output("stream", name="stdout", text="generate: 3/9 items\rgenerate: 6/9 items\n")]
+    nb.cells = [done, running, nbformat.v4.new_code_cell("plots()")]
+    path = tmp_path / "executed.ipynb"
+    nbformat.write(nb, path)
+    assert runs._running_cell(path) == "cell 2/3 `results = kk.run_tts_kernels(**params)`: generate: 6/9 items"
+    assert runs._running_cell(tmp_path / "absent.ipynb") == ""
+
+
+def test_third_party_logs_are_quiet_unless_asked(monkeypatch):
+    import logging
+
+    from kaggle_kit.config import QUIET_LOGGERS, quiet_logs
+
+    levels = {n: logging.getLogger(n).level for n in QUIET_LOGGERS}
+    for name in ("VLLM_LOGGING_LEVEL", "KK_LOG_LEVEL", "TRANSFORMERS_VERBOSITY", "PYTHONWARNINGS"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        assert quiet_logs() is False and os.environ["VLLM_LOGGING_LEVEL"] == "ERROR"
+        assert logging.getLogger("jupyter_client").level == logging.ERROR
+        monkeypatch.setenv("KK_LOG_LEVEL", "INFO")
+        assert quiet_logs() is True
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
