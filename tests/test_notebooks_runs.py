@@ -263,7 +263,8 @@ def test_third_party_logs_are_quiet_unless_asked(monkeypatch):
 
     levels = {n: logging.getLogger(n).level for n in QUIET_LOGGERS}
     for name in ("VLLM_LOGGING_LEVEL", "KK_LOG_LEVEL", "TRANSFORMERS_VERBOSITY", "PYTHONWARNINGS"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so what quiet_logs sets is undone after the test
+        monkeypatch.delenv(name)
     try:
         assert quiet_logs() is False and os.environ["VLLM_LOGGING_LEVEL"] == "ERROR"
         assert logging.getLogger("jupyter_client").level == logging.ERROR
