@@ -21,8 +21,9 @@ import tempfile
 from pathlib import Path
 
 CHILD = r"""
-import json, sys, time
+import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
+os.environ["PYTHONPATH"] = sys.argv[1]  # the evaluator's own children import the same checkout
 from kernels_eval.evaluate import evaluate
 from kernels_eval.problems import load_problems, reference_solution
 relu = load_problems(names=["relu"])[0]
