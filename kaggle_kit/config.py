@@ -161,6 +161,7 @@ def quiet_logs(verbose: bool = False) -> bool:
         return True
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # C++ warnings ("[W...] NUMA binding: ...")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
