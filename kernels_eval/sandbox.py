@@ -293,7 +293,11 @@ def _readable_roots(hidden: list[str]) -> list[str]:
             continue
         for name in _listdir(ancestor):
             child = os.path.join(ancestor, name)
-            if child not in on_path:
+            # a rule follows a link to its target: a sibling that links to an ancestor of a hidden folder
+            # (pytest's `...current` links do) would open the whole of it
+            real = os.path.realpath(child)
+            if child not in on_path and real not in on_path and not any(real == h or real.startswith(h.rstrip("/") + "/")
+                                                                        for h in hidden):
                 roots.append(child)
     return roots
 

@@ -191,7 +191,7 @@ def test_a_candidate_cannot_read_the_user_s_credentials(tmp_path, monkeypatch, c
             got.append(type(e).__name__)
         {REPORT}
         """), cache_dir=cache)
-    assert r.status is Status.RUNTIME_ERROR and "GOT ['PermissionError']" in r.message, r.message
+    assert r.status is Status.RUNTIME_ERROR and "GOT ['PermissionError']" in r.message, (r.message, r.provenance)
 
 
 @pytest.mark.parametrize("stand_in", STAND_INS)
