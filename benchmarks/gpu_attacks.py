@@ -30,7 +30,19 @@ def cand(forward: str, header: str = "") -> str:
             f"    def forward(self, x):\n{textwrap.indent(textwrap.dedent(forward), ' ' * 8)}\n")
 
 
-REPORT = "raise RuntimeError('GOT ' + repr(got))"
+def probe(attempt: str) -> str:
+    """A candidate whose import tries `attempt` and reports what happened as its runtime error."""
+    return cand("return x", f"""
+        import os, signal, socket
+        got = []
+        try:
+            got.append(repr({attempt}))
+        except OSError as e:
+            got.append(type(e).__name__)
+        raise RuntimeError('GOT ' + repr(got))
+        """)
+
+
 ATTACKS = {
     "python_patch": (cand("return torch.zeros_like(x)", "torch.relu = lambda x: torch.zeros_like(x)"), "incorrect"),
     "dispatcher_cuda_key": (cand("return torch.zeros_like(x)", """
@@ -38,35 +50,9 @@ ATTACKS = {
         _lib.impl("relu", lambda x: torch.zeros_like(x), "CUDA")
         """), "incorrect"),
     "lazy_output": (cand("return torch.relu(x).as_subclass(Lazy)", "class Lazy(torch.Tensor):\n    pass"), "incorrect"),
-    "kill_parent": (cand("return x", f"""
-        import os, signal
-        got = []
-        try:
-            os.kill(os.getppid(), signal.SIGKILL)
-            got.append("killed")
-        except OSError as e:
-            got.append(type(e).__name__)
-        {REPORT}
-        """), "runtime_error"),
-    "proc_environ": (cand("return x", f"""
-        import os
-        got = []
-        try:
-            got.append(len(open(f"/proc/{{os.getppid()}}/environ", "rb").read()))
-        except OSError as e:
-            got.append(type(e).__name__)
-        {REPORT}
-        """), "runtime_error"),
-    "network": (cand("return x", f"""
-        import socket
-        got = []
-        try:
-            socket.socket().connect(("127.0.0.1", 22))
-            got.append("connected")
-        except OSError as e:
-            got.append(type(e).__name__)
-        {REPORT}
-        """), "runtime_error"),
+    "kill_parent": (probe("os.kill(os.getppid(), signal.SIGKILL) or 'killed'"), "runtime_error"),
+    "proc_environ": (probe("len(open(f'/proc/{os.getppid()}/environ', 'rb').read())"), "runtime_error"),
+    "network": (probe("socket.socket().connect(('127.0.0.1', 22)) or 'connected'"), "runtime_error"),
     "reference_solution": (reference_solution(RELU, "cuda"), "correct"),
 }
 
