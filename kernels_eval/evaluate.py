@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from kernels_eval.parsing import ParsedResponse, parse_response
@@ -127,18 +126,14 @@ def _evaluate_once(problem: Problem, candidate_source: str, device: str, *, tria
     key = source_hash(candidate_source, device)
     cache = Path(cache_dir or default_cache_dir())
     (cache / "locks").mkdir(parents=True, exist_ok=True)
-    # One evaluation of a source at a time: two builds of it in one folder (shards or pool workers at once)
-    # made the second import a library the first had failed to build, a runtime_error instead of the
-    # compile_error it is (a verdict that depended on the machine's load); now the second reads the first's.
-    with _file_lock(cache / "locks" / f"source-{key}.lock"):
-        return _evaluate_locked(problem, candidate_source, device, key, cache, trials=trials, seed=seed,
-                                timing=timing, warmup=warmup, iters=iters, rounds=rounds,
-                                compile_timeout=compile_timeout, run_timeout=run_timeout,
-                                memory_limit_gb=memory_limit_gb, tolerances=tolerances,
-                                implausible_speedup=implausible_speedup, flush_mb=flush_mb,
-                                compare_compile=compare_compile, cpu_threads=cpu_threads, device_lock=device_lock,
-                                max_jobs=max_jobs, launch_slack_us=launch_slack_us, gpu_total_mib=gpu_total_mib,
-                                sandbox=sandbox)
+    return _evaluate_locked(problem, candidate_source, device, key, cache, trials=trials, seed=seed,
+                            timing=timing, warmup=warmup, iters=iters, rounds=rounds,
+                            compile_timeout=compile_timeout, run_timeout=run_timeout,
+                            memory_limit_gb=memory_limit_gb, tolerances=tolerances,
+                            implausible_speedup=implausible_speedup, flush_mb=flush_mb,
+                            compare_compile=compare_compile, cpu_threads=cpu_threads, device_lock=device_lock,
+                            max_jobs=max_jobs, launch_slack_us=launch_slack_us, gpu_total_mib=gpu_total_mib,
+                            sandbox=sandbox)
 
 
 def _evaluate_locked(problem: Problem, candidate_source: str, device: str, key: str, cache: Path, *, trials, seed,
@@ -156,8 +151,31 @@ def _evaluate_locked(problem: Problem, candidate_source: str, device: str, key: 
     ref = reference_outputs(problem, device, seed, trials, cache, device_lock, limit, cpu_threads)
     if isinstance(ref, str):
         return KernelEvalResult(problem.name, Status.HARNESS_ERROR, message=ref, source_hash=key)
+    # 2. the candidate, walled in. One build of a source at a time: two in one folder (shards or pool workers
+    # at once) made the second import a library the first had failed to build, a runtime_error instead of
+    # the compile_error it is (a verdict that depended on the machine's load). The lock covers the build
+    # only, never a wait for the device (a run waiting on the device lock while holding it could deadlock
+    # with a batch that holds the device and evaluates the same source).
+    build_lock = _Lock(cache / "locks" / f"source-{key}.lock")
+    try:
+        return _candidate_phase(problem, candidate_source, device, key, cache, ref, build_lock, failed,
+                                trials=trials, seed=seed, timing=timing, timing_spec=timing_spec, limit=limit,
+                                compile_timeout=compile_timeout, run_timeout=run_timeout, tolerances=tolerances,
+                                implausible_speedup=implausible_speedup, compare_compile=compare_compile,
+                                device_lock=device_lock, max_jobs=max_jobs, gpu_total_mib=gpu_total_mib,
+                                sandbox=sandbox)
+    finally:
+        build_lock.release()
+
+
+def _candidate_phase(problem, candidate_source, device, key, cache, ref, build_lock, failed, *, trials, seed, timing,
+                     timing_spec, limit, compile_timeout, run_timeout, tolerances, implausible_speedup,
+                     compare_compile, device_lock, max_jobs, gpu_total_mib, sandbox) -> KernelEvalResult:
     reference_info = {"degenerate": ref.degenerate, "cached": ref.cached}
-    # 2. the candidate, walled in
+    build_lock.acquire()
+    if failed.is_file():  # an evaluation of the same source that just finished: its compiler's verdict
+        return KernelEvalResult(problem.name, Status.COMPILE_ERROR, source_hash=key, cached_build=True,
+                                message=failed.read_text() + "\n(cached: this exact source failed to build before)")
     with Sandbox(cache, key, hidden=[cache / "reference", *secret_paths()], enabled=sandbox) as box:
         cached = any(box.build.rglob("*.so"))
         state = None
@@ -180,7 +198,8 @@ def _evaluate_locked(problem: Problem, candidate_source: str, device: str, key: 
         log = box.scratch / "output.log"
         message = {"spec": spec.to_json(), "sandbox": box.plan}
         raw, fail_status, fail_msg, walls = _run("kernels_eval.candidate", message, env, box.scratch, log,
-                                                 compile_timeout + 60, compile_timeout, run_timeout, limit, device_lock)
+                                                 compile_timeout + 60, compile_timeout, run_timeout, limit, device_lock,
+                                                 on_compiled=build_lock.release)
         log_tail = _tail(log)
         provenance = {"sandbox": walls, "reference": reference_info}
         if raw is None:
@@ -192,6 +211,7 @@ def _evaluate_locked(problem: Problem, candidate_source: str, device: str, key: 
         run.provenance.update(provenance)
         if run.status != "ran":
             result = _early_result(problem, run, key, cached, log_tail, failed)
+            build_lock.release()  # after the compiler's verdict is kept for the next evaluation of it
             result.flags = sorted(set(result.flags) | set(static_flags(candidate_source))) if result.compiled else result.flags
             return result
         # 3. the verdict, from what it wrote, in a process it never reached
@@ -255,23 +275,29 @@ def reference_outputs(problem: Problem, device: str, seed: int, trials: int, cac
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)  # hidden from candidates: by owner when they get their own uid, by Landlock else
     final = root / h.hexdigest()[:20]
-    with _file_lock(root / f"{final.name}.lock"):
-        done = final / "reference.json"
-        if done.is_file():
-            return ReferenceOutputs(**{**json.loads(done.read_text())["ok"], "dir": str(final), "cached": True})
-        work = Path(tempfile.mkdtemp(prefix="making-", dir=root))
-        spec = ReferenceSpec(problem_source=problem.source, device=device, seed=seed, trials=trials, dir=str(work),
-                             cpu_threads=cpu_threads)
-        env = _trusted_env(device)
-        raw, status, msg, _ = _run("kernels_eval.reference", {"spec": spec.to_json()}, env, work, work / "output.log",
-                                   600.0, 600.0, 600.0, memory_limit_gb, device_lock)
-        if raw is None or "ok" not in raw:
-            why = (raw or {}).get("error") or f"the reference's process: {msg}\n{_tail(work / 'output.log')}"
-            shutil.rmtree(work, ignore_errors=True)
-            return why
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(work, final)
-        return ReferenceOutputs(**{**raw["ok"], "dir": str(final)})
+    done = final / "reference.json"
+    if done.is_file():
+        return ReferenceOutputs(**{**json.loads(done.read_text())["ok"], "dir": str(final), "cached": True})
+    # No lock across the child (it waits for the device, which a sleeping-engine batch may hold while it
+    # waits for this very problem): two evaluations may both make it; the first to finish is kept.
+    work = Path(tempfile.mkdtemp(prefix="making-", dir=root))
+    spec = ReferenceSpec(problem_source=problem.source, device=device, seed=seed, trials=trials, dir=str(work),
+                         cpu_threads=cpu_threads)
+    env = _trusted_env(device)
+    raw, status, msg, _ = _run("kernels_eval.reference", {"spec": spec.to_json()}, env, work, work / "output.log",
+                               600.0, 600.0, 600.0, memory_limit_gb, device_lock)
+    if raw is None or "ok" not in raw:
+        why = (raw or {}).get("error") or f"the reference's process: {msg}\n{_tail(work / 'output.log')}"
+        shutil.rmtree(work, ignore_errors=True)
+        return why
+    try:
+        os.rename(work, final)  # atomic; fails if another evaluation's copy is already there
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)
+        if not done.is_file():
+            raise
+        return ReferenceOutputs(**{**json.loads(done.read_text())["ok"], "dir": str(final), "cached": True})
+    return ReferenceOutputs(**{**raw["ok"], "dir": str(final)})
 
 
 def _judge(problem, run: CandidateRun, ref: ReferenceOutputs, box: Sandbox, tolerances, trials, compare_compile,
@@ -303,14 +329,20 @@ def _trusted_env(device: str) -> dict:
     return env
 
 
-@contextmanager
-def _file_lock(path: Path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+class _Lock:
+    """An flock on a file, released at most once (at the build's end, or when the evaluation ends)."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd = path, None
+
+    def acquire(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
 
 
 def _deterministic_build_error(message: str) -> bool:
@@ -350,7 +382,7 @@ def _limits(memory_limit_gb: float | None):
 
 def _run(module: str, message: dict, env: dict, cwd: Path, log_path: Path, start_timeout: float,
          compile_timeout: float, run_timeout: float, memory_limit_gb: float | None,
-         device_lock) -> tuple[dict | None, Status, str, dict]:
+         device_lock, on_compiled=None) -> tuple[dict | None, Status, str, dict]:
     """Run one of an evaluation's processes (`python -m module`) to its answer: (answer, _, _, sandbox report),
     or (None, status, why, report) when it timed out, crashed or exited without one. The timeouts follow
     the phases it reports (compiling, compiled: waiting for the device, running)."""
@@ -412,6 +444,8 @@ def _run(module: str, message: dict, env: dict, cwd: Path, log_path: Path, start
                     phase, deadline = "compiling", time.monotonic() + compile_timeout
                 elif msg.get("phase") == "compiled":  # built; waiting for the device lock, if any
                     phase, deadline = "compiled", time.monotonic() + LOCK_WAIT_S
+                    if on_compiled is not None:
+                        on_compiled()
                 elif msg.get("phase") == "running":  # holds the device: the run timeout starts now
                     phase, deadline = "running", time.monotonic() + run_timeout
                 elif "result" in msg:

@@ -39,8 +39,15 @@ def report(folder: Path) -> tuple[dict, list[str]]:
 
 
 def answers(folder: Path) -> dict[str, tuple]:
+    """Per item: the chosen candidate (None when two candidates' scores tie within 1e-4: vLLM on CPU is not
+    bit-reproducible across runs, so a near tie may fall either way), the texts and the chosen's verdict."""
     gen, ev = RecordStore(folder / "records.jsonl").latest()
-    return {k: (g.chosen, [c.text for c in g.candidates], ev[k].result.status.value if k in ev else None)
+
+    def chosen(g):
+        scores = sorted((c.score for c in g.candidates), reverse=True)
+        return None if len(scores) > 1 and scores[0] - scores[1] < 1e-4 else g.chosen
+
+    return {k: (chosen(g), [c.text for c in g.candidates], ev[k].result.status.value if k in ev else None)
             for k, g in gen.items()}
 
 
