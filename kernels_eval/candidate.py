@@ -44,12 +44,11 @@ def _watch_threads() -> None:
 
     def started(self, *a, **k):
         frame, origin = sys._getframe(1), "candidate"
-        while frame is not None:
+        while frame is not None:  # the first frame outside the standard library (threading, concurrent.futures)
             name = frame.f_code.co_filename
             if not name.startswith(skip) or "site-packages" in name:
                 origin = "torch" if name.startswith(torch_dir) else "candidate"
-                if not ("concurrent" in name and "futures" in name):
-                    break
+                break
             frame = frame.f_back
         _thread_origins.append(origin)
         return start(self, *a, **k)

@@ -142,8 +142,7 @@ def _evaluate_locked(problem: Problem, candidate_source: str, device: str, key: 
                      launch_slack_us, gpu_total_mib, sandbox) -> KernelEvalResult:
     failed = cache / "failed" / f"{key}.txt"  # trusted: the compiler's verdict on this exact source
     if failed.is_file():  # the compiler already rejected this exact source: the same verdict, no rebuild
-        return KernelEvalResult(problem.name, Status.COMPILE_ERROR, source_hash=key, cached_build=True,
-                                message=failed.read_text() + "\n(cached: this exact source failed to build before)")
+        return _kept_compile_error(problem, key, failed)
     limit = memory_limit_gb if device == "cpu" else None
     timing_spec = dict(warmup=warmup, iters=iters, rounds=rounds, flush_bytes=(flush_mb << 20) if flush_mb else None,
                        sleep_us=launch_slack_us if device == "cuda" else 0.0, cpu_threads=cpu_threads)
@@ -174,8 +173,7 @@ def _candidate_phase(problem, candidate_source, device, key, cache, ref, build_l
     reference_info = {"degenerate": ref.degenerate, "cached": ref.cached}
     build_lock.acquire()
     if failed.is_file():  # an evaluation of the same source that just finished: its compiler's verdict
-        return KernelEvalResult(problem.name, Status.COMPILE_ERROR, source_hash=key, cached_build=True,
-                                message=failed.read_text() + "\n(cached: this exact source failed to build before)")
+        return _kept_compile_error(problem, key, failed)
     with Sandbox(cache, key, hidden=[cache / "reference", *secret_paths()], enabled=sandbox) as box:
         cached = any(box.build.rglob("*.so"))
         state = None
@@ -223,6 +221,11 @@ def _candidate_phase(problem, candidate_source, device, key, cache, ref, build_l
     result = _combine(problem, run, verdict, key, cached, implausible_speedup)
     result.flags = sorted(set(result.flags) | set(static_flags(candidate_source)))
     return result
+
+
+def _kept_compile_error(problem, key: str, failed: Path) -> KernelEvalResult:
+    return KernelEvalResult(problem.name, Status.COMPILE_ERROR, source_hash=key, cached_build=True,
+                            message=failed.read_text() + "\n(cached: this exact source failed to build before)")
 
 
 def _early_result(problem, run: CandidateRun, key: str, cached: bool, log_tail: str, failed: Path) -> KernelEvalResult:
