@@ -32,6 +32,7 @@ import hashlib
 import os
 import platform
 import shutil
+import socket
 import struct
 import tempfile
 from pathlib import Path
@@ -68,8 +69,9 @@ class Sandbox:
     box.build (the folders the candidate may write), box.plan (what the child applies); leaving kills
     whatever the candidate's uid left running and frees the uid."""
 
-    def __init__(self, cache: Path, key: str, hidden: list[Path], enabled: bool = True):
+    def __init__(self, cache: Path, key: str, hidden: list[Path], enabled: bool = True, gpu: bool = False):
         self.cache, self.key, self.hidden, self.enabled = Path(cache), key, [Path(h) for h in hidden], enabled
+        self.gpu = gpu  # CUDA's driver needs a unix socket (seen on H100/H200, driver 580): allow that kind only
         self.uid: int | None = None
         self._uid_fd: int | None = None
 
@@ -93,7 +95,8 @@ class Sandbox:
             for top in (self.build, self.scratch):
                 _chown_tree(top, self.uid)
         self.plan = {"enabled": self.enabled, "uid": self.uid, "write": [str(self.scratch), str(self.build)],
-                     "hidden": [str(h) for h in self.hidden if h.exists()], "uid_refused": refused}
+                     "hidden": [str(h) for h in self.hidden if h.exists()], "uid_refused": refused,
+                     "gpu": self.gpu}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -250,7 +253,9 @@ def _landlock(abi: int, write: list[str], hidden: list[str]) -> list[str]:
         for name in _listdir("/proc"):
             if not name.isdigit() and name not in ("self", "thread-self"):
                 allow(os.path.join("/proc", name), read)
-        allow(f"/proc/{os.getpid()}", read)
+        # its own /proc folder writable: CUDA's driver writes there at init (names its threads); refused, the
+        # driver fails with error 304 (seen on an H100 and an H200, driver 580.159)
+        allow(f"/proc/{os.getpid()}", read | file_rights)
         for path in write:
             allow(path, handled)
         devices = list(DEVICE_FILES) + [os.path.join("/dev", n) for n in _listdir("/dev") if n.startswith("nvidia")]
@@ -316,14 +321,19 @@ def _bpf(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("HBBI", code, jt, jf, k)
 
 
-def _seccomp() -> list[str]:
+def _seccomp(unix_sockets: bool = False) -> list[str]:
+    """Deny the calls in NR. With `unix_sockets` (a GPU run: CUDA's driver fails with error 304 when it cannot
+    make one), socket() is allowed for AF_UNIX only: still no network, not even loopback."""
     LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
     deny = RET_ERRNO | errno.EPERM
-    denied = sorted(NR.values())
+    denied = sorted(v for k, v in NR.items() if not (unix_sockets and k == "socket"))
     prog = [_bpf(LD, 0, 0, 4), _bpf(JEQ, 1, 0, AUDIT_ARCH_X86_64), _bpf(RET, 0, 0, deny),  # another ABI: refused
             _bpf(LD, 0, 0, 0), _bpf(JGE, 0, 1, 0x40000000), _bpf(RET, 0, 0, deny)]  # x32 calls: refused
     for nr in denied:
         prog += [_bpf(JEQ, 0, 1, nr), _bpf(RET, 0, 0, deny)]
+    if unix_sockets:  # socket(domain, ...): AF_UNIX passes, every other domain is refused
+        prog += [_bpf(JEQ, 0, 4, NR["socket"]), _bpf(LD, 0, 0, 16), _bpf(JEQ, 1, 0, socket.AF_UNIX),
+                 _bpf(RET, 0, 0, deny), _bpf(RET, 0, 0, RET_ALLOW), _bpf(LD, 0, 0, 0)]
     # clone3 passes its flags in memory a filter cannot read: ENOSYS makes libc fall back to clone
     prog += [_bpf(JEQ, 0, 1, NR_CLONE3), _bpf(RET, 0, 0, RET_ERRNO | errno.ENOSYS)]
     prog += [_bpf(JEQ, 0, 3, NR_CLONE), _bpf(LD, 0, 0, 16), _bpf(JSET, 0, 1, CLONE_NAMESPACES), _bpf(RET, 0, 0, deny)]
@@ -334,7 +344,9 @@ def _seccomp() -> list[str]:
     fbuf = ctypes.create_string_buffer(fprog, len(fprog))
     if _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fbuf) != 0:
         raise OSError(ctypes.get_errno(), "seccomp: " + os.strerror(ctypes.get_errno()))
-    return ["no sockets (no network, not even loopback)", "no ptrace, process_vm_*, io_uring, namespaces, keyring"]
+    sockets = ("unix sockets only (no network, not even loopback)" if unix_sockets
+               else "no sockets (no network, not even loopback)")
+    return [sockets, "no ptrace, process_vm_*, io_uring, namespaces, keyring"]
 
 
 def apply(plan: dict) -> dict:
@@ -373,7 +385,7 @@ def apply(plan: dict) -> dict:
         missing.append("landlock: not available (Linux < 5.13, or refused by the container's seccomp profile)")
     if X86_64:
         try:
-            applied += _seccomp()
+            applied += _seccomp(unix_sockets=bool(plan.get("gpu")))
         except OSError as e:
             missing.append(f"seccomp: {e}")
     else:
