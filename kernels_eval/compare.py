@@ -1,6 +1,6 @@
 """Comparing a candidate's outputs with the reference's, and summarising an output (its signature).
 
-Runs in the judge (kernels_eval.judge), a process no candidate code has run in; also used by the
+Used by the judge (kernels_eval.judge, in the parent, where no candidate code runs) and by the
 reference's process. Chunked: the comparison's own memory is a few chunk-sized temporaries, whatever
 the outputs' size (KernelBench level 1 has multi-GB outputs; comparing them whole in float64 once needed
 9.76 GB for one problem)."""
@@ -143,29 +143,12 @@ def read_outputs(path: str, owner: int | None, max_bytes: int) -> tuple[list | N
     """(tensors, "") from what write_outputs wrote, or (None, why not). Refuses links, files of another
     owner than the candidate's uid, sizes beyond `max_bytes`, dtypes it does not know."""
     import json
-    import os
-    import stat
 
     import torch
 
-    def opened(p: str, limit: int) -> bytes:
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or (owner is not None and st.st_uid != owner):
-                raise ValueError(f"{os.path.basename(p)} is not a plain file the candidate wrote")
-            if st.st_size > limit:
-                raise ValueError(f"{os.path.basename(p)} is {st.st_size} bytes, more than the {limit} expected")
-            data = bytearray(st.st_size)  # one copy, which the tensors share (no slicing copies)
-            with os.fdopen(os.dup(fd), "rb") as f:
-                f.readinto(data)
-            return data
-        finally:
-            os.close(fd)
-
     try:
-        header = json.loads(bytes(opened(path + ".json", 1 << 20)))
-        data = opened(path + ".bin", max_bytes)
+        header = json.loads(bytes(_read_plain_file(path + ".json", 1 << 20, owner)))
+        data = _read_plain_file(path + ".bin", max_bytes, owner)
     except (OSError, ValueError) as e:
         return None, f"its output could not be read back: {e}"
     if header.get("other"):
@@ -186,3 +169,23 @@ def read_outputs(path: str, owner: int | None, max_bytes: int) -> tuple[list | N
         out.append(torch.frombuffer(data, dtype=dtype, count=numel, offset=t["offset"]).reshape(shape) if nbytes
                    else torch.empty(shape, dtype=dtype))
     return out, ""
+
+
+def _read_plain_file(path: str, limit: int, owner: int | None) -> bytearray:
+    """The bytes of a regular file with one link, owned by `owner` (when given), at most `limit` long."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or (owner is not None and st.st_uid != owner):
+            raise ValueError(f"{os.path.basename(path)} is not a plain file the candidate wrote")
+        if st.st_size > limit:
+            raise ValueError(f"{os.path.basename(path)} is {st.st_size} bytes, more than the {limit} expected")
+        data = bytearray(st.st_size)  # one copy, which the tensors share (no slicing copies)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            f.readinto(data)
+        return data
+    finally:
+        os.close(fd)

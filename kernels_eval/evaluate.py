@@ -1,13 +1,15 @@
 """Evaluate a candidate kernel: the parent's side (trusted), which never imports candidate code.
 
-An evaluation is three processes (kernels_eval.spec names what each is asked and hands back):
-  1. reference (kernels_eval.reference): the reference's outputs for seeded inputs, made where no
-     candidate code has run, kept in the trusted cache (hidden from candidates) and reused per problem;
-  2. candidate (kernels_eval.candidate): walled in first (kernels_eval.sandbox: its own uid when we are
-     root, Landlock, seccomp, no network, a scratch folder as HOME and TMPDIR, no secrets in its
-     environment, a memory limit on CPU, compile and run timeouts); builds, runs, writes its outputs;
-  3. judge (kernels_eval.judge): compares those outputs with the reference's and times the reference,
-     again where no candidate code has run.
+An evaluation is three phases (kernels_eval.spec names what each is asked and hands back):
+  1. reference (kernels_eval.reference), a process where no candidate code has run: the reference's
+     outputs for seeded inputs and its timing, kept in the trusted cache (hidden from candidates) and
+     reused for every candidate of the problem;
+  2. candidate (kernels_eval.candidate), the one process that runs candidate code: walled in first
+     (kernels_eval.sandbox: its own uid when we are root, Landlock, seccomp, no network, a scratch folder as
+     HOME and TMPDIR, no secrets in its environment, a memory limit on CPU, compile and run timeouts);
+     builds, runs, writes its outputs; a C++ build may read a precompiled torch header (kernels_eval.pch);
+  3. judge (kernels_eval.judge), here in the parent: compares those outputs, read back as raw bytes, with
+     the reference's.
 Whatever the candidate does (crash, hang, exit early, eat memory, patch torch) becomes a status here,
 never a harness crash and never "correct".
 
@@ -31,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from kernels_eval import pch
 from kernels_eval.parsing import ParsedResponse, parse_response
 from kernels_eval.problems import Problem
 from kernels_eval.result import KernelEvalResult, Status
@@ -146,8 +149,9 @@ def _evaluate_locked(problem: Problem, candidate_source: str, device: str, key: 
     limit = memory_limit_gb if device == "cpu" else None
     timing_spec = dict(warmup=warmup, iters=iters, rounds=rounds, flush_bytes=(flush_mb << 20) if flush_mb else None,
                        sleep_us=launch_slack_us if device == "cuda" else 0.0, cpu_threads=cpu_threads)
-    # 1. the reference's outputs, from a process no candidate code has run in (cached per problem)
-    ref = reference_outputs(problem, device, seed, trials, cache, device_lock, limit, cpu_threads)
+    # 1. the reference's outputs (and time), from a process no candidate code has run in (cached per problem)
+    ref = reference_outputs(problem, device, seed, trials, cache, device_lock, limit, cpu_threads,
+                            {**timing_spec, "compare_compile": compare_compile} if timing else None)
     if isinstance(ref, str):
         return KernelEvalResult(problem.name, Status.HARNESS_ERROR, message=ref, source_hash=key)
     # 2. the candidate, walled in. One build of a source at a time: two in one folder (shards or pool workers
@@ -174,7 +178,8 @@ def _candidate_phase(problem, candidate_source, device, key, cache, ref, build_l
     build_lock.acquire()
     if failed.is_file():  # an evaluation of the same source that just finished: its compiler's verdict
         return _kept_compile_error(problem, key, failed)
-    with Sandbox(cache, key, hidden=[cache / "reference", *secret_paths()], enabled=sandbox) as box:
+    with Sandbox(cache, key, hidden=[cache / "reference", *secret_paths()], enabled=sandbox,
+                 gpu=device == "cuda") as box:
         cached = any(box.build.rglob("*.so"))
         state = None
         if ref.has_state:
@@ -191,6 +196,10 @@ def _candidate_phase(problem, candidate_source, device, key, cache, ref, build_l
         env.update(TORCH_EXTENSIONS_DIR=str(box.build), HOME=str(box.scratch), TMPDIR=str(box.scratch),
                    PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1", USER="kk-sandbox", LOGNAME="kk-sandbox")
         env["MAX_JOBS"] = str(max_jobs or cpu_count())
+        if not cached and pch.builds_cpp(candidate_source):
+            pch_dir, pch_state = pch.ensure(candidate_source)  # made here, trusted; the candidate can read it, never write it
+            if pch_dir:
+                env["CPATH"] = os.pathsep.join([str(pch_dir), *filter(None, [env.get("CPATH")])])
         if device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
         log = box.scratch / "output.log"
@@ -200,6 +209,8 @@ def _candidate_phase(problem, candidate_source, device, key, cache, ref, build_l
                                                  on_compiled=build_lock.release)
         log_tail = _tail(log)
         provenance = {"sandbox": walls, "reference": reference_info}
+        if not cached and pch.builds_cpp(candidate_source):
+            provenance["pch"] = pch_state
         if raw is None:
             msg = fail_msg + (f"\n--- candidate output ---\n{log_tail}" if log_tail else "")
             return KernelEvalResult(problem.name, fail_status, message=msg, source_hash=key, cached_build=cached,
@@ -213,12 +224,11 @@ def _candidate_phase(problem, candidate_source, device, key, cache, ref, build_l
             result.flags = sorted(set(result.flags) | set(static_flags(candidate_source))) if result.compiled else result.flags
             return result
         # 3. the verdict, from what it wrote, in a process it never reached
-        verdict = _judge(problem, run, ref, box, tolerances, trials, timing and compare_compile, timing, device,
-                         seed, device_lock, limit, timing_spec)
+        verdict = _judge(run, ref, box, tolerances, trials)
     if isinstance(verdict, str):
         return KernelEvalResult(problem.name, Status.HARNESS_ERROR, message=verdict, source_hash=key,
                                 cached_build=cached, compiled=True, provenance=run.provenance)
-    result = _combine(problem, run, verdict, key, cached, implausible_speedup)
+    result = _combine(problem, run, verdict, ref, key, cached, implausible_speedup)
     result.flags = sorted(set(result.flags) | set(static_flags(candidate_source)))
     return result
 
@@ -241,7 +251,7 @@ def _early_result(problem, run: CandidateRun, key: str, cached: bool, log_tail: 
                             cached_build=cached)
 
 
-def _combine(problem, run: CandidateRun, verdict: Judgement, key: str, cached: bool,
+def _combine(problem, run: CandidateRun, verdict: Judgement, ref: ReferenceOutputs, key: str, cached: bool,
              implausible_speedup: float) -> KernelEvalResult:
     prov = {**run.provenance, "weights": verdict.weights}
     flags = list(run.flags)
@@ -250,13 +260,15 @@ def _combine(problem, run: CandidateRun, verdict: Judgement, key: str, cached: b
                               max_abs_diff=verdict.max_abs_diff, trials=verdict.trials, compile_s=run.compile_s,
                               cached_build=cached, provenance=prov, source_hash=key,
                               output_signature=verdict.output_signature)
-    if verdict.correct and run.runtime_ms and verdict.ref_runtime_ms:
-        result.runtime_ms, result.runtime_spread, result.ref_runtime_ms = run.runtime_ms, run.runtime_spread, verdict.ref_runtime_ms
-        result.speedup = verdict.ref_runtime_ms / run.runtime_ms if run.runtime_ms > 0 else None
-        prov.update(ref_spread=verdict.ref_spread, ref_launch=verdict.ref_timing.get("launch"))
-        if verdict.compiled_ref_runtime_ms:
-            result.compiled_ref_runtime_ms = verdict.compiled_ref_runtime_ms
-            result.speedup_vs_compile = verdict.compiled_ref_runtime_ms / run.runtime_ms
+    ref_ms = ref.timing.get("ms")
+    if verdict.correct and run.runtime_ms and ref_ms:
+        result.runtime_ms, result.runtime_spread, result.ref_runtime_ms = run.runtime_ms, run.runtime_spread, ref_ms
+        result.speedup = ref_ms / run.runtime_ms if run.runtime_ms > 0 else None
+        # timed once per problem and settings, with its outputs (provenance "reference": "cached" says reused)
+        prov.update(ref_spread=ref.timing.get("spread"), ref_launch=ref.timing.get("launch"))
+        if ref.timing.get("compiled_ms"):
+            result.compiled_ref_runtime_ms = ref.timing["compiled_ms"]
+            result.speedup_vs_compile = ref.timing["compiled_ms"] / run.runtime_ms
         if result.speedup and result.speedup > implausible_speedup:
             flags.append("implausible_speedup")
     result.flags = sorted(set(flags))
@@ -264,16 +276,18 @@ def _combine(problem, run: CandidateRun, verdict: Judgement, key: str, cached: b
 
 
 def reference_outputs(problem: Problem, device: str, seed: int, trials: int, cache: Path, device_lock,
-                      memory_limit_gb, cpu_threads: int) -> ReferenceOutputs | str:
-    """The reference's outputs for these settings, made once (in a process of their own) and kept in the
-    trusted cache; or why they could not be made (a harness error: no verdict on any kernel)."""
+                      memory_limit_gb, cpu_threads: int, timing: dict | None = None) -> ReferenceOutputs | str:
+    """The reference's outputs for these settings (and its timing, with `timing`'s settings), made once in a
+    process of their own and kept in the trusted cache; or why they could not be made (a harness error: no
+    verdict on any kernel)."""
     import importlib.metadata
 
     try:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         torch_version = "?"
-    h = hashlib.sha256(f"{device}\0{seed}\0{trials}\0{torch_version}\0".encode() + problem.source.encode())
+    h = hashlib.sha256(f"{device}\0{seed}\0{trials}\0{torch_version}\0{json.dumps(timing, sort_keys=True)}\0".encode()
+                       + problem.source.encode())
     root = cache / "reference"
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)  # hidden from candidates: by owner when they get their own uid, by Landlock else
@@ -285,7 +299,7 @@ def reference_outputs(problem: Problem, device: str, seed: int, trials: int, cac
     # waits for this very problem): two evaluations may both make it; the first to finish is kept.
     work = Path(tempfile.mkdtemp(prefix="making-", dir=root))
     spec = ReferenceSpec(problem_source=problem.source, device=device, seed=seed, trials=trials, dir=str(work),
-                         cpu_threads=cpu_threads)
+                         **({**timing, "time": True} if timing else {"cpu_threads": cpu_threads}))
     env = _trusted_env(device)
     raw, status, msg, _ = _run("kernels_eval.reference", {"spec": spec.to_json()}, env, work, work / "output.log",
                                600.0, 600.0, 600.0, memory_limit_gb, device_lock)
@@ -303,25 +317,21 @@ def reference_outputs(problem: Problem, device: str, seed: int, trials: int, cac
     return ReferenceOutputs(**{**raw["ok"], "dir": str(final)})
 
 
-def _judge(problem, run: CandidateRun, ref: ReferenceOutputs, box: Sandbox, tolerances, trials, compare_compile,
-           timing, device, seed, device_lock, memory_limit_gb, timing_spec) -> Judgement | str:
+def _judge(run: CandidateRun, ref: ReferenceOutputs, box: Sandbox, tolerances, trials) -> Judgement | str:
+    """The verdict, here: the candidate's outputs are bytes on disk (kernels_eval.judge reads them)."""
+    from kernels_eval.errors import HarnessFailure
+    from kernels_eval.judge import judge
+
     one_trial = sum(p.stat().st_size for p in Path(ref.dir).glob("out-0.bin"))
-    time_spec = None
-    work = Path(tempfile.mkdtemp(prefix="judge-", dir=Path(ref.dir).parent))
+    spec = JudgeSpec(reference_dir=ref.dir, outputs_dir=str(box.scratch / "outputs"), variants=run.variants,
+                     trials=trials, tolerances={**DEFAULT_TOLERANCES, **(tolerances or {})}, owner=box.uid,
+                     max_bytes=4 * one_trial + (1 << 20))
     try:
-        if timing and run.runtime_ms:
-            time_spec = ReferenceSpec(problem_source=problem.source, device=device, seed=seed, trials=trials,
-                                      dir=str(work), compare_compile=compare_compile, **timing_spec)
-        spec = JudgeSpec(reference_dir=ref.dir, outputs_dir=str(box.scratch / "outputs"), variants=run.variants,
-                         trials=trials, tolerances={**DEFAULT_TOLERANCES, **(tolerances or {})}, owner=box.uid,
-                         max_bytes=4 * one_trial + (1 << 20), time=time_spec)
-        raw, status, msg, _ = _run("kernels_eval.judge", {"spec": spec.to_json()}, _trusted_env(device), work,
-                                   work / "output.log", 600.0, 600.0, 1200.0, None, device_lock)
-        if raw is None or "ok" not in raw:
-            return (raw or {}).get("error") or f"the judge's process: {msg}\n{_tail(work / 'output.log')}"
-        return Judgement.from_json(raw["ok"])
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        return judge(spec)
+    except HarnessFailure as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - the judge's own failure: no verdict
+        return f"the judge failed: {type(e).__name__}: {str(e)[-1500:]}"
 
 
 def _trusted_env(device: str) -> dict:

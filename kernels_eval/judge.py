@@ -1,17 +1,16 @@
-"""The verdict, in a process of its own where candidate code never runs (trusted).
+"""The verdict, in the parent (trusted): candidate code never runs here, and nothing here imports it.
 
 Reads what the sandboxed candidate wrote (raw bytes and a JSON header: nothing is unpickled; links, files
 of another owner and oversized files are refused), compares every trial with the reference's outputs
 (kernels_eval.reference), the same-seed model first and the reference's copied weights only when that
-fails (so weights folded in __init__ pass), summarises the first output (its signature, for consensus),
-and, for a correct candidate, times the reference.
+fails (so weights folded in __init__ pass), and summarises the first output (its signature, for consensus).
+The reference's timing is made once per problem with its outputs (kernels_eval.reference).
 """
 from __future__ import annotations
 
 import math
 import os
 
-from kernels_eval.child import Channel
 from kernels_eval.compare import compare, read_outputs, signature
 from kernels_eval.errors import HarnessFailure, HarnessPhase
 from kernels_eval.spec import JudgeSpec, Judgement
@@ -55,27 +54,3 @@ def judge(spec: JudgeSpec) -> Judgement:
     if len(failures) > 1:
         last.message += f" (with its own same-seed weights: {failures[0].message})"
     return last
-
-
-def main() -> None:
-    channel = Channel()
-    spec = JudgeSpec.from_json(channel.message["spec"])
-    try:
-        verdict = judge(spec)
-        if verdict.correct and spec.time is not None:
-            from kernels_eval.reference import time_reference
-
-            timed = time_reference(spec.time)
-            verdict.ref_runtime_ms, verdict.ref_spread = timed["ms"], timed["spread"]
-            verdict.compiled_ref_runtime_ms = timed.pop("compiled_ms", None)
-            verdict.ref_timing = timed
-        result = {"ok": verdict.to_json()}
-    except HarnessFailure as e:
-        result = {"error": str(e)}
-    except BaseException as e:  # noqa: BLE001 - the judge's own failure: no verdict
-        result = {"error": f"the judge failed: {type(e).__name__}: {str(e)[-1500:]}"}
-    channel.finish(result)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,10 @@
 """The reference's side, in a process of its own where candidate code never runs (trusted).
 
-Task "outputs": the reference model built after manual_seed(seed), its state_dict, and its outputs for
-`trials` seeded inputs, written to a trusted folder the sandbox hides from candidates; whether the
-outputs depend on the inputs at all (a degenerate problem). Cached by the parent per problem and
-settings: every candidate of a problem is judged against the same files.
-Task "time": the reference timed as the candidate is (kernels_eval.timing), run by the judge.
+The reference model built after manual_seed(seed), its state_dict, and its outputs for `trials` seeded
+inputs, written to a trusted folder the sandbox hides from candidates; whether the outputs depend on the
+inputs at all (a degenerate problem); and, when asked, its timing, taken as a candidate's is
+(kernels_eval.timing). Cached by the parent per problem and settings: every candidate of a problem is
+judged against the same files and compared with the same time.
 Nothing a candidate does to torch (Python attributes, dispatcher registrations, backend flags, RNG,
 threads) can reach these numbers: the candidate's process is another process.
 """
@@ -57,18 +57,19 @@ def outputs(spec: ReferenceSpec) -> ReferenceOutputs:
                 same = same and len(host) == len(first) and all(torch.equal(a, b) for a, b in zip(host, first))
                 inputs_differ = inputs_differ or not all(torch.equal(a, b) for a, b in zip(host_in, first_inputs))
             del inputs, out
+        del first, first_inputs
+        timing = time_reference(spec, torch, mod, model) if spec.time else {}
     return ReferenceOutputs(dir=spec.dir, trials=spec.trials, has_state=bool(state),
-                            degenerate=bool(spec.trials > 1 and same and inputs_differ), peak_bytes=peak)
+                            degenerate=bool(spec.trials > 1 and same and inputs_differ), peak_bytes=peak,
+                            timing=timing)
 
 
-def time_reference(spec: ReferenceSpec) -> dict:
+def time_reference(spec: ReferenceSpec, torch, mod, model) -> dict:
     """{"ms", "spread", "launch", ...} of the reference's forward, and "compiled_ms" when asked."""
     from kernels_eval.timing import clock_functions, time_both_ways
 
     clocks = clock_functions(spec.device)
     with HarnessPhase("timing the reference"):
-        torch, mod, model = _setup(spec)
-        take_lock(spec.lock_fd)
         flush = _flush_bytes(torch, spec)
         inputs = make_inputs(mod, spec.seed + TIMING_SEED_OFFSET, spec.device)
 

@@ -35,7 +35,7 @@ class KernelEvalResult:
     correct: bool = False
     speedup: float | None = None  # reference runtime / candidate runtime
     runtime_ms: float | None = None  # candidate, median
-    ref_runtime_ms: float | None = None  # reference, median, same process
+    ref_runtime_ms: float | None = None  # reference, median, timed once per problem in a process of its own
     runtime_spread: float | None = None  # max/min of the candidate's repeat medians
     compiled_ref_runtime_ms: float | None = None  # the reference through torch.compile (compare_compile=True)
     speedup_vs_compile: float | None = None

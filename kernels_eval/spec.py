@@ -1,11 +1,11 @@
 """What the parent (`kernels_eval.evaluate`) asks each of an evaluation's processes, and what each hands back.
 
-An evaluation is three phases in three processes; only the middle one ever runs candidate code:
+An evaluation is three phases; only the middle one ever runs candidate code, in a process of its own:
 
-    reference  (kernels_eval.reference, trusted)  ReferenceSpec  -> ReferenceOutputs  (cached per problem)
-    candidate  (kernels_eval.candidate, sandbox)  CandidateSpec  -> CandidateRun      (claims, not verdicts)
-    judge      (kernels_eval.judge, trusted)      JudgeSpec      -> Judgement         (the verdict, and the
-                                                                                       reference's timing)
+    reference  (kernels_eval.reference, trusted process)  ReferenceSpec  -> ReferenceOutputs  (outputs and
+                                                                            timing, cached per problem)
+    candidate  (kernels_eval.candidate, sandboxed process) CandidateSpec -> CandidateRun      (claims)
+    judge      (kernels_eval.judge, in the parent)         JudgeSpec     -> Judgement         (the verdict)
 
 Specs go to a child as JSON on its stdin; results come back as JSON on an inherited pipe.
 """
@@ -26,7 +26,7 @@ class _Json:
 
 @dataclass(frozen=True)
 class ReferenceSpec(_Json):
-    """The reference's outputs for `trials` seeded inputs (task "outputs"), or its timing (task "time")."""
+    """The reference's outputs for `trials` seeded inputs and, when `time`, its timing (as a candidate's)."""
     problem_source: str
     device: str  # "cuda" or "cpu"
     seed: int
@@ -40,6 +40,7 @@ class ReferenceSpec(_Json):
     flush_bytes: int | None = None
     sleep_us: float = 0.0
     compare_compile: bool = False
+    time: bool = False
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ReferenceOutputs(_Json):
     degenerate: bool  # every trial's output equal although the inputs differ: it ignores its inputs
     peak_bytes: int = 0  # the most the reference's forward took on the host (CPU)
     cached: bool = False
+    timing: dict = field(default_factory=dict)  # {"ms", "spread", "launch", "compiled_ms"?} when timed
 
 
 @dataclass(frozen=True)
@@ -98,14 +100,6 @@ class JudgeSpec(_Json):
     tolerances: dict  # dtype -> (atol, rtol), "default" among them
     owner: int | None = None  # the candidate's uid: files of anyone else are refused
     max_bytes: int = 0  # the most one trial's outputs may take on disk
-    time: ReferenceSpec | None = None  # time the reference too (when the candidate is correct)
-
-    @classmethod
-    def from_json(cls, d: dict) -> "JudgeSpec":
-        d = dict(d)
-        if d.get("time"):
-            d["time"] = ReferenceSpec.from_json(d["time"])
-        return super().from_json.__func__(cls, d)
 
 
 @dataclass
@@ -116,7 +110,3 @@ class Judgement(_Json):
     max_abs_diff: float | None = None
     weights: str | None = None  # which of the candidate's models passed: "same_seed" or "copied"
     output_signature: list | None = None
-    ref_runtime_ms: float | None = None
-    ref_spread: float | None = None
-    ref_timing: dict = field(default_factory=dict)
-    compiled_ref_runtime_ms: float | None = None
