@@ -4,12 +4,18 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test setup golden clean-venv
 
+# The demo needs the CPU stack and the notebook runner only; the tests add the dev extras and
+# lm-polygraph (+1.3 GB, for one parity test). A full install satisfies the demo's stamp too.
+$(VENV)/.installed-demo: pyproject.toml scripts/setup_venv.sh
+	if [ $(VENV)/.installed -nt pyproject.toml ] && [ $(VENV)/.installed -nt scripts/setup_venv.sh ]; then \
+	    touch $@; else KK_EXTRAS=cpu,notebooks bash scripts/setup_venv.sh; fi
+
 $(VENV)/.installed: pyproject.toml scripts/setup_venv.sh
 	bash scripts/setup_venv.sh
 
 setup: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-demo
 	$(PY) -m kaggle_kit demo
 
 test: $(VENV)/.installed

@@ -8,7 +8,9 @@ same machine load; prints per-candidate medians and the after/before ratio measu
     python benchmarks/eval_overhead.py --before /tmp/before --after . --rounds 5 [--device cpu] [--json OUT]
 
 Candidates: a Python-only ModelNew (no build), the bundled C++ relu (its build cached by the first round:
-the steady state of a run), and a wrong one (judged incorrect).
+the steady state of a run), and a wrong one (judged incorrect). Each round's process imports torch before
+timing anything, as a notebook beside the engine has: since the judge runs in the parent, a process that
+has not imported torch pays that once (~2 s on this machine) at its first evaluation.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ CHILD = r"""
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 os.environ["PYTHONPATH"] = sys.argv[1]  # the evaluator's own children import the same checkout
+import torch  # as in a notebook or `kernels-eval run` (the engine's): the judge's import is paid once per process
 from kernels_eval.evaluate import evaluate
 from kernels_eval.problems import load_problems, reference_solution
 relu = load_problems(names=["relu"])[0]

@@ -120,7 +120,7 @@ def main() -> int:
         steps_before = int(beat.read_text() or 0)
     before = {p: p.stat().st_mtime_ns for p in Path(args.run_folder).rglob("*")} if args.run_folder else {}
     wrong = 0
-    with open(args.out, "w") as f:
+    with open(args.out, "w", buffering=1) as f:  # line by line: a cut-off run keeps what it did
         for name, (src, want) in ATTACKS.items():
             r = evaluate(RELU, src, "cuda", trials=2)
             ok = r.status.value == want and "killed" not in r.message and "connected" not in r.message
