@@ -27,10 +27,12 @@ def pytest_sessionstart(session):
     # nbval runs the golden notebooks in tests/golden, whose stages write runs/latest there: start from
     # nothing, as a clean clone does, so a run left by an older checkout is never resumed.
     # Not in a test's own nbval subprocess (KEEP_GOLDEN_RUNS): it runs a copy of a golden notebook with this
-    # conftest beside it, reads those runs, and must not remove them.
+    # conftest beside it, reads those runs, and must not remove them; nor does `make test`'s second session,
+    # which runs the other tests on several workers after the golden notebooks made those runs. Not in an
+    # xdist worker either: a worker must not remove what another reads.
     import shutil
 
-    if not os.environ.get(KEEP_GOLDEN_RUNS):
+    if not os.environ.get(KEEP_GOLDEN_RUNS) and not os.environ.get("PYTEST_XDIST_WORKER"):
         shutil.rmtree(GOLDEN / RUNS, ignore_errors=True)
 
 
@@ -53,9 +55,15 @@ TINY = {"max_model_len": 20480}
 def tiny_model_dir():
     """The planted-kernels tiny model, from its per-recipe cache (built there once per machine and
     recipe: ~4 minutes; `tests/test_tiny_model.py` checks that a build is reproducible)."""
-    from kaggle_kit.tiny import ensure_tiny_model
+    import fcntl
 
-    return str(ensure_tiny_model())
+    from kaggle_kit.tiny.model import default_tiny_dir, ensure_tiny_model
+
+    lock = default_tiny_dir().parent / ".build.lock"  # several workers: one fits, the others wait for it
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return str(ensure_tiny_model())
 
 
 @pytest.fixture(scope="session")

@@ -98,6 +98,8 @@ def test_reference_cpp_solution_passes_and_the_cache_skips_the_build(cache):
     assert first.speedup > 0 and first.runtime_ms > 0 and first.ref_runtime_ms > 0 and first.runtime_spread >= 1
     assert first.provenance["timing"] == "perf_counter_ns" and first.provenance["weights"] in ("copied", "same_seed")
     assert not first.cached_build
+    # its build read the precompiled torch/extension.h of its -O level, made by the evaluator
+    assert first.provenance["pch"] in ("O3 made", "O3 cached"), first.provenance.get("pch")
     t = time.perf_counter()
     again = ev(src, cache_dir=cache)
     again_s = time.perf_counter() - t
@@ -107,6 +109,15 @@ def test_reference_cpp_solution_passes_and_the_cache_skips_the_build(cache):
     # 16-core host that compiles fast, so that ratio is held to a looser bound.
     assert first.compile_s / again.compile_s >= 10, (first.compile_s, again.compile_s)
     assert first_s / again_s >= 5, f"first {first_s:.1f}s, cached {again_s:.1f}s"
+
+
+def test_the_precompiled_header_variant_follows_the_optimisation_level_asked_for():
+    from kernels_eval.pch import variant_for
+
+    assert variant_for('load_inline(name="a", cpp_sources=s, extra_cflags=["-O3"])') == "O3"
+    assert variant_for("load_inline(name='a', cpp_sources=s, extra_cflags=['-O2', '-Wall'])") == "O3"
+    assert variant_for('load_inline(name="a", cpp_sources=s)') == "O0"
+    assert variant_for('load_inline(name="a", cpp_sources=s, extra_cflags=["-Ofast"])') is None  # no variant matches
 
 
 # These two use the machine's kernel cache (default_cache_dir), which the demo, the notebooks and
