@@ -89,9 +89,7 @@ def test_parse_response(text, status):
 
 def test_reference_cpp_solution_passes_and_the_cache_skips_the_build(cache):
     src = reference_solution(RELU, "cpu")
-    t = time.perf_counter()
     first = ev(src, cache_dir=cache)
-    first_s = time.perf_counter() - t
     assert first.status is Status.CORRECT and first.compiled and first.correct, first.message
     assert "no_custom_kernel" not in first.flags  # the extension was found and called (timing flags depend on the machine)
     assert first.provenance["threads"] == 1
@@ -100,15 +98,12 @@ def test_reference_cpp_solution_passes_and_the_cache_skips_the_build(cache):
     assert not first.cached_build
     # its build read the precompiled torch/extension.h of its -O level, made by the evaluator
     assert first.provenance["pch"] in ("O3 made", "O3 cached"), first.provenance.get("pch")
-    t = time.perf_counter()
     again = ev(src, cache_dir=cache)
-    again_s = time.perf_counter() - t
     assert again.correct and again.cached_build and again.source_hash == first.source_hash
-    # The build is what the cache skips: the candidate's import (which builds) gets >= 10x faster.
-    # The whole re-evaluation also pays a fresh interpreter + torch import: ~19x here, ~7x on a
-    # 16-core host that compiles fast, so that ratio is held to a looser bound.
-    assert first.compile_s / again.compile_s >= 10, (first.compile_s, again.compile_s)
-    assert first_s / again_s >= 5, f"first {first_s:.1f}s, cached {again_s:.1f}s"
+    # The build is what the cache skips: the candidate's import (which builds) is much shorter. (A ratio
+    # of whole evaluations is not asserted: the precompiled header shrank the first build to ~15 s, and a
+    # fresh interpreter + torch import is a few seconds of both, more on a busy machine.)
+    assert again.compile_s < first.compile_s / 3, (first.compile_s, again.compile_s)
 
 
 def test_the_precompiled_header_variant_follows_the_optimisation_level_asked_for():
