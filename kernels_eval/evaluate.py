@@ -196,6 +196,7 @@ def _candidate_phase(problem, candidate_source, device, key, cache, ref, build_l
         env.update(TORCH_EXTENSIONS_DIR=str(box.build), HOME=str(box.scratch), TMPDIR=str(box.scratch),
                    PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1", USER="kk-sandbox", LOGNAME="kk-sandbox")
         env["MAX_JOBS"] = str(max_jobs or cpu_count())
+        pch_state = None
         if not cached and pch.builds_cpp(candidate_source):
             pch_dir, pch_state = pch.ensure(candidate_source)  # made here, trusted; the candidate can read it, never write it
             if pch_dir:
@@ -209,7 +210,7 @@ def _candidate_phase(problem, candidate_source, device, key, cache, ref, build_l
                                                  on_compiled=build_lock.release)
         log_tail = _tail(log)
         provenance = {"sandbox": walls, "reference": reference_info}
-        if not cached and pch.builds_cpp(candidate_source):
+        if pch_state:
             provenance["pch"] = pch_state
         if raw is None:
             msg = fail_msg + (f"\n--- candidate output ---\n{log_tail}" if log_tail else "")
