@@ -18,12 +18,11 @@ setup: $(VENV)/.installed
 demo: $(VENV)/.installed-demo
 	$(PY) -m kaggle_kit demo
 
-# The golden notebooks first (in order: each stage reads the last one's runs), then everything else
-# on TEST_WORKERS processes (pytest-xdist, a test file per worker at a time), which read those runs.
+# Every test on TEST_WORKERS processes (pytest-xdist, a test file per worker at a time, the longest
+# first); the golden notebooks, in order, on one of them (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest tests/golden
-	KAGGLE_KIT_KEEP_GOLDEN_RUNS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --ignore=tests/golden
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # Rewrite the nbval golden notebooks (tests/golden) after changing a notebook.
 golden: $(VENV)/.installed
