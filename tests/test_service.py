@@ -53,10 +53,12 @@ def test_the_issue_request_exactly(client, model_id):
     assert meta["usage"]["engine_calls"] >= 1
 
 
-@pytest.mark.parametrize("strategy, scorer", [(st, sc) for st in ("offline_bon", "online_bon", "beam_search")
-                                               for sc in ("entropy", "perplexity", "sequence_prob", "confidence")]
-                         + [("dvts", "perplexity"), ("adaptive_bon", "entropy"), ("deepconf", "confidence"),
-                            ("online_bon", "critic")])
+# Every strategy and every scorer through the service once; their every pairing runs on the engine itself
+# (tests/test_tts_vllm.py): the service passes both names through to the same generators.
+@pytest.mark.parametrize("strategy, scorer", [("offline_bon", "entropy"), ("online_bon", "perplexity"),
+                                              ("beam_search", "sequence_prob"), ("beam_search", "confidence"),
+                                              ("dvts", "perplexity"), ("adaptive_bon", "entropy"),
+                                              ("deepconf", "confidence"), ("online_bon", "critic")])
 def test_every_strategy_and_scorer(client, model_id, strategy, scorer):
     r = client.chat.completions.create(model=model_id, messages=PROMPT, temperature=0.8, max_tokens=200, seed=5,
                                        extra_body={"tts_strategy": strategy, "tts_scorer": scorer, **SMALL_TTS})
@@ -263,27 +265,34 @@ def test_a_large_allowed_request_runs_while_the_server_answers_others(server, cl
         assert r.status_code == 400 and "limit max_kv_tokens" in r.json()["error"]["message"]
     finally:
         limited.stop()
-    big_done = threading.Event()
-
-    def big():
-        client.chat.completions.create(model=model_id, messages=PROMPT, temperature=1.0, max_tokens=3000, seed=1,
-                                       extra_body={"tts_strategy": "beam_search", "tts_beam_size": 4,
-                                                   "tts_candidates_per_step": 4, "tts_max_steps": 400})
-        big_done.set()
-
-    t = threading.Thread(target=big, daemon=True)
-    t.start()
-    time.sleep(2)
+    # The big one over a raw socket: once the small ones are answered, closing it is a client going away,
+    # which cancels the job (nobody waits for its 3,000 tokens).
+    body = json.dumps({"model": model_id, "messages": PROMPT, "temperature": 1.0, "max_tokens": 3000, "seed": 1,
+                       "tts_strategy": "beam_search", "tts_beam_size": 4, "tts_candidates_per_step": 4,
+                       "tts_max_steps": 400}).encode()
+    where = httpx.URL(server.url)
+    big = socket.create_connection((where.host, where.port))
+    big.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body)
     health = server.url.replace("/v1", "/health")
-    assert httpx.get(health, timeout=5).json()["active"] >= 1
+    deadline = time.monotonic() + 30
+    while httpx.get(health, timeout=5).json()["active"] < 1:
+        assert time.monotonic() < deadline, "the big request never started"
+        time.sleep(0.2)
     small = [time.perf_counter()]
     for s in range(3):
         ok = client.chat.completions.create(model=model_id, messages=PROMPT, max_tokens=16, seed=s)
         assert ok.choices[0].message.content is not None
     small.append(time.perf_counter())
-    assert not big_done.is_set(), "the small requests were answered while the big one ran"
+    big.setblocking(False)
+    with pytest.raises(BlockingIOError):  # no answer yet: the small requests were answered while the big one ran
+        big.recv(1)
     assert small[1] - small[0] < 30
-    t.join(600)
+    big.close()
+    deadline = time.monotonic() + 30
+    while httpx.get(health, timeout=5).json()["active"]:
+        assert time.monotonic() < deadline, "the abandoned request was not cancelled"
+        time.sleep(0.2)
 
 
 def test_metrics_in_prometheus_format(server, client, model_id):

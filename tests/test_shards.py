@@ -21,7 +21,7 @@ from kaggle_kit.workflow import shards
 
 BIN = Path(sys.executable).parent
 # Long enough for the tiny model to write its kernels (264-328 tokens: runs/selection_quality).
-FAST = {"strategy": "offline_bon", "num_trajectories": 2, "tts_max_tokens": 400, "batch_size": 1, "device": "cpu"}
+FAST = {"strategy": "offline_bon", "num_trajectories": 1, "tts_max_tokens": 400, "batch_size": 1, "device": "cpu"}
 
 
 def report(folder: Path) -> tuple[dict, list[str]]:

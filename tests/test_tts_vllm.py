@@ -28,10 +28,14 @@ class Recording:
         return outs
 
 
-@pytest.mark.parametrize("strategy, scorer", [(st, sc) for st in ("offline_bon", "online_bon", "beam_search")
-                                               for sc in ("entropy", "perplexity", "sequence_prob", "confidence")]
-                         + [("dvts", "entropy"), ("adaptive_bon", "perplexity"), ("deepconf", "confidence"),
-                            ("offline_bon", "critic"), ("online_bon", "critic")])
+# Every strategy, and every scorer on a step-wise strategy (where each step's uncertainty is checked against
+# the scorer applied to that step's own logprobs); the scorers' arithmetic itself is checked against
+# lm-polygraph's (tests/test_polygraph_parity.py) and on hand-made logprobs (tests/test_tts_logic.py).
+@pytest.mark.parametrize("strategy, scorer", [("offline_bon", "perplexity"), ("offline_bon", "critic"),
+                                              ("online_bon", "entropy"), ("online_bon", "sequence_prob"),
+                                              ("online_bon", "critic"), ("beam_search", "perplexity"),
+                                              ("beam_search", "confidence"), ("dvts", "entropy"),
+                                              ("adaptive_bon", "perplexity"), ("deepconf", "confidence")])
 def test_strategy_end_to_end(registered, strategy, scorer):
     rec = Recording(registered)
     res = kk.run_strategy(MSGS, engine=rec, strategy=strategy, scorer=scorer, **SMALL)
