@@ -4,7 +4,7 @@
 # asks for cpu,notebooks only). Versions are pinned in pyproject.toml only.
 #
 # Installs with uv (resolves and downloads in parallel, keeps a cache in ~/.cache/uv: a full set-up took
-# ~50 s here against ~6 min with pip, whose cache stays empty on these machines). uv does not read pip's
+# ~1 min here (1 min 35 s with both cores busy) against ~6 min with pip, whose cache stays empty on these machines). uv does not read pip's
 # configuration, so pip's find-links (where this machine keeps the CPU torch wheel) are passed on.
 # KK_INSTALLER=pip uses pip instead; pip is also the fallback when uv cannot be installed or fails.
 set -euo pipefail
@@ -19,15 +19,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PY=.venv/bin/python
 
+pip_install() {  # pip, without its warning for each local index that lacks the package
+    $PY -m pip install --quiet --progress-bar off "$@" 2>&1 | grep -v "^WARNING: Location .* is ignored" || true
+}
+
 with_pip() {
     echo "setup: installing .[${EXTRAS}] with pip (several minutes)"
-    $PY -m pip install --quiet --progress-bar off -e ".[${EXTRAS}]" 2>&1 \
-        | grep -v "^WARNING: Location .* is ignored" || true
+    pip_install -e ".[${EXTRAS}]"
 }
 
 with_uv() {
-    $PY -m pip install --quiet --progress-bar off "uv==${UV_VERSION}" 2>&1 \
-        | grep -v "^WARNING: Location .* is ignored" || true
+    pip_install "uv==${UV_VERSION}"
     [ -x .venv/bin/uv ] || return 1
     local links=() dir
     for dir in $($PY -m pip config get global.find-links 2>/dev/null || true); do
