@@ -1,7 +1,8 @@
 """The candidate's side: the one process of an evaluation that runs candidate code (untrusted).
 
 Started by the parent (kernels_eval.evaluate) as root or as the user; the first thing it does is wall
-itself in (kernels_eval.sandbox), before it reads the candidate or imports torch. Then: build (import the
+itself in (kernels_eval.sandbox), before it reads the candidate (it was forked with torch
+imported: kernels_eval.zygote). Then: build (import the
 candidate; load_inline compiles here), make ModelNew after the reference's seed (and, if the reference
 has weights, a second one with the reference's weights copied in), run every trial's inputs through
 each and write the outputs to disk, time the first. Everything it reports is a claim: the verdict is the

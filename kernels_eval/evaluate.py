@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kernels_eval import pch
+from kernels_eval import pch, zygote
 from kernels_eval.parsing import ParsedResponse, parse_response
 from kernels_eval.problems import Problem
 from kernels_eval.result import KernelEvalResult, Status
@@ -410,10 +410,13 @@ def _run(module: str, message: dict, env: dict, cwd: Path, log_path: Path, start
         message["spec"] = {**message["spec"], "lock_fd": lock_fd}
     try:
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=log, stderr=log,
-                cwd=cwd, env=env, pass_fds=tuple(fds), start_new_session=True, preexec_fn=_limits(memory_limit_gb),
-            )
+            # Forked from the warm zygote (torch already imported), else a fresh interpreter: the same process.
+            proc = zygote.spawn(module, env, cwd, log.fileno(), tuple(fds),
+                                int(memory_limit_gb * 2**30) if memory_limit_gb else None, zygote_env=_trusted_env("cuda"))
+            if proc is None:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=log, stderr=log, cwd=cwd, env=env,
+                    pass_fds=tuple(fds), start_new_session=True, preexec_fn=_limits(memory_limit_gb))
         if box_uid := (message.get("sandbox") or {}).get("uid"):
             os.chown(log_path, box_uid, box_uid)
     finally:
@@ -469,6 +472,7 @@ def _run(module: str, message: dict, env: dict, cwd: Path, log_path: Path, start
     except subprocess.TimeoutExpired:
         _kill(proc)
     _kill(proc)  # anything the child left running in its group
+    walls = {**walls, "started": "forked from the zygote" if isinstance(proc, zygote.Forked) else "a fresh interpreter"}
     if result is not None:
         return result, Status.CORRECT, "", walls
     rc = proc.returncode

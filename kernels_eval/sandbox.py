@@ -3,7 +3,7 @@
 Two halves. The parent (trusted, `kernels_eval.evaluate`) prepares a `Sandbox`: a uid of the candidate's
 own when the evaluator runs as root, its scratch and build folders owned by that uid, and the plan the
 child applies. The child (`kernels_eval.candidate`) calls `apply(plan)` first thing, before it has read
-the candidate's source or imported torch, in this order:
+the candidate's source (torch is imported already: kernels_eval.zygote), in this order:
 
 1. uid: when root (Kaggle's notebook container, CI, most containers), drop to an unused uid held by this
    evaluation alone (no supplementary groups). Other processes (the notebook kernel, vLLM's engine and

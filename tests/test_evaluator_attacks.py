@@ -91,10 +91,11 @@ def test_kernelbench_adversarial_candidates_are_incorrect(forward, cache):
 # -- the sandbox -----------------------------------------------------------------------------------------
 
 EVALUATING_PROCESS = """
-import json, sys
+import json, os, sys
 from kernels_eval.evaluate import evaluate
 from kernels_eval.problems import load_problems
-r = evaluate(load_problems(names=["relu"])[0], sys.stdin.read(), "cpu", trials=1, iters=2, rounds=1, warmup=1,
+source = sys.stdin.read().replace("EVALUATOR_PID", str(os.getpid()))
+r = evaluate(load_problems(names=["relu"])[0], source, "cpu", trials=1, iters=2, rounds=1, warmup=1,
              cache_dir=sys.argv[1])
 print("RESULT " + json.dumps({"status": r.status.value, "message": r.message[-1500:], "sandbox": r.provenance.get("sandbox")}))
 
@@ -134,6 +135,9 @@ def evaluated_in_a_stand_in(source: str, cache, env=None, stand_in: str = "venv"
 
 
 REPORT = "raise RuntimeError('GOT ' + repr(got))"
+# The processes a candidate might attack: the evaluating one (its pid put in the source by the stand-in) and
+# the candidate's parent, the zygote that forked it (kernels_eval.zygote), which would fork the next ones.
+TARGETS = "(EVALUATOR_PID, os.getppid())"
 
 
 @pytest.mark.skipif(not (WALLS["root"] or WALLS["landlock_abi"] >= 6), reason="signals are walled off only by an own uid or Landlock v6")
@@ -144,7 +148,7 @@ def test_a_candidate_cannot_kill_the_evaluating_process_nor_signal_another(cache
         out = evaluated_in_a_stand_in(candidate("return x", f"""
             import os, signal
             got = []
-            for pid in (os.getppid(), {victim.pid}):
+            for pid in (*{TARGETS}, {victim.pid}):
                 try:
                     os.kill(pid, signal.SIGKILL)
                     got.append("killed")
@@ -152,7 +156,7 @@ def test_a_candidate_cannot_kill_the_evaluating_process_nor_signal_another(cache
                     got.append(type(e).__name__)
             {REPORT}
             """), cache, stand_in=stand_in)
-        assert out["status"] == "runtime_error" and "GOT ['PermissionError', 'PermissionError']" in out["message"], out
+        assert out["status"] == "runtime_error" and "GOT ['PermissionError', 'PermissionError', 'PermissionError']" in out["message"], out
         assert stand_in != "own_uid" or out["sandbox"]["applied"][0].startswith("own uid"), out["sandbox"]
         assert victim.poll() is None  # still running
     finally:
@@ -165,12 +169,13 @@ def test_a_candidate_cannot_read_the_evaluator_s_environment_or_memory(cache, st
     out = evaluated_in_a_stand_in(candidate("return x", f"""
         import os
         got = []
-        for what in ("environ", "mem", "cwd/records.jsonl"):
-            try:
-                with open(f"/proc/{{os.getppid()}}/{{what}}", "rb") as f:
-                    got.append(b"{secret}" in f.read(1 << 20))
-            except OSError as e:
-                got.append(type(e).__name__)
+        for pid in {TARGETS}:
+            for what in ("environ", "mem", "cwd/records.jsonl"):
+                try:
+                    with open(f"/proc/{{pid}}/{{what}}", "rb") as f:
+                        got.append(b"{secret}" in f.read(1 << 20))
+                except OSError as e:
+                    got.append(type(e).__name__)
         {REPORT}
         """), cache, env={"MY_SERVICE_TOKEN": secret}, stand_in=stand_in)
     assert out["status"] == "runtime_error" and secret not in out["message"], out
@@ -200,7 +205,7 @@ def test_a_candidate_cannot_write_outside_its_scratch_and_build_folders(tmp_path
     run_folder.mkdir()
     (run_folder / "records.jsonl").write_text("kept\n")
     targets = [run_folder / "records.jsonl", run_folder / "new.txt", "/tmp/kk_candidate_was_here",
-               "/proc/{ppid}/cwd/kk_candidate_was_here"]
+               "/proc/{ppid}/cwd/kk_candidate_was_here", "/proc/EVALUATOR_PID/cwd/kk_candidate_was_here"]
     out = evaluated_in_a_stand_in(candidate("return x", f"""
         import os
         got = []
@@ -254,6 +259,33 @@ def test_a_candidate_has_no_network_not_even_loopback(cache):
         server.close()
     assert r.status is Status.RUNTIME_ERROR and "GOT ['PermissionError', 'PermissionError']" in r.message, r.message
     assert accepted == [None]  # nothing connected
+
+
+def test_a_forked_candidate_holds_nothing_of_the_zygote_and_a_killed_zygote_is_replaced(cache, monkeypatch):
+    from kernels_eval import zygote
+
+    fds = candidate("return x", f"""
+        import os
+        got = []
+        for n in os.listdir("/proc/self/fd"):
+            try:
+                got.append(os.readlink(f"/proc/self/fd/{{n}}"))
+            except OSError:
+                pass  # the listing's own fd, closed by now
+        {REPORT}
+        """)
+    r = ev(fds, cache_dir=cache)
+    assert r.provenance["sandbox"]["started"] == "forked from the zygote", r.provenance
+    got = eval(r.message.split("GOT ")[1].splitlines()[0])
+    # stdin, the log twice, the answer pipe: no socket (the zygote's), no other file
+    assert len(got) <= 4 and not [f for f in got if f.startswith("socket:")], got
+    zygote._client.proc.kill()  # as a crash would: the next evaluation starts another
+    zygote._client.proc.wait()
+    again = ev(candidate("return torch.relu(x)"), cache_dir=cache)
+    assert again.correct and again.provenance["sandbox"]["started"] == "forked from the zygote", again.message
+    monkeypatch.setenv("KK_ZYGOTE", "0")
+    fresh = ev(candidate("return torch.relu(x)"), cache_dir=cache)
+    assert fresh.correct and fresh.provenance["sandbox"]["started"] == "a fresh interpreter"
 
 
 def test_the_result_names_the_walls_that_stood(cache):
