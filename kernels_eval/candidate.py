@@ -31,6 +31,15 @@ class _Verdict(Exception):
         self.result = result
 
 
+def _clip(text: str, limit: int = 3000) -> str:
+    """A failure's text within `limit`: its first line (torch's "Error building extension 'x'", which marks a
+    compiler's verdict, heads pages of include chains) and its end, where the compiler's errors are."""
+    if len(text) <= limit:
+        return text
+    head = text.splitlines()[0][:200]
+    return f"{head}\n[...]\n{text[-(limit - len(head) - 7):]}"
+
+
 # Threads: who started each. torch.compile and other torch internals start threads of their own; only
 # those the candidate's code starts count as its extra threads.
 _thread_origins: list[str] = []
@@ -92,7 +101,7 @@ class Run:
         except Exception as e:
             text = f"{type(e).__name__}: {e}"
             building = "Error building extension" in text or type(e).__name__ in ("CalledProcessError", "SyntaxError")
-            raise _Verdict({"status": "compile_error" if building else "runtime_error", "message": text[-3000:],
+            raise _Verdict({"status": "compile_error" if building else "runtime_error", "message": _clip(text),
                             "provenance": self.provenance}) from None
         compile_s = _perf() - t0
         self.send({"phase": "compiled", "compile_s": compile_s})
