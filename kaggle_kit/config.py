@@ -156,6 +156,7 @@ def quiet_logs(verbose: bool = False) -> bool:
 
     level = (os.environ.get("KK_LOG_LEVEL") or ("INFO" if verbose else "WARNING")).upper()
     verbose = level in ("INFO", "DEBUG")
+    os.environ["KK_LOG_LEVEL"] = level  # children (papermill's kernel) follow the same choice
     logging.basicConfig(level=getattr(logging, level, logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
     if verbose:
         return True
@@ -169,3 +170,11 @@ def quiet_logs(verbose: bool = False) -> bool:
         warnings.filterwarnings("ignore", category=category)
     warnings.filterwarnings("ignore", module=r"(torch|vllm|transformers|jupyter_client|papermill)(\..*)?")
     return False
+
+
+def kernel_log_arguments() -> list[str]:
+    """Arguments for a Jupyter kernel we start: its own warnings ("Kernel is running over TCP without
+    encryption", on loopback) off unless KK_LOG_LEVEL asks for INFO or DEBUG; its errors always pass."""
+    if os.environ.get("KK_LOG_LEVEL", "WARNING").upper() in ("INFO", "DEBUG"):
+        return []
+    return ["--IPKernelApp.log_level=ERROR"]

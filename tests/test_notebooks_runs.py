@@ -256,6 +256,26 @@ def test_the_heartbeat_names_the_running_cell_and_its_last_line(tmp_path):
     assert runs._running_cell(tmp_path / "absent.ipynb") == ""
 
 
+@pytest.mark.parametrize("level", ["WARNING", "INFO"])
+def test_the_notebook_kernel_keeps_its_warnings_to_itself_unless_asked(tmp_path, level):
+    # A real kernel through run_notebooks: its own "running over TCP without encryption" warning reaches
+    # the terminal (its stderr is ours) only when KK_LOG_LEVEL asks for INFO; the cell's output always does.
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1\nout_dir = ''", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import sys\nprint('cell says', x, file=sys.stderr)")]
+    nb.metadata = {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"},
+                   "language_info": {"name": "python"}}
+    nbformat.write(nb, tmp_path / "one.ipynb")
+    code = ("from kaggle_kit.workflow.notebooks import run_notebooks; "
+            f"run_notebooks({{'x': 2}}, {str(tmp_path / 'out')!r}, stages=[{str(tmp_path / 'one.ipynb')!r}], progress_bar=False)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "KK_LOG_LEVEL": level})
+    assert p.returncode == 0, p.stderr[-2000:]
+    executed = nbformat.read(tmp_path / "out" / "executed.ipynb", as_version=4)
+    assert "cell says 2" in executed.cells[-1].outputs[0]["text"]
+    assert ("without encryption" in p.stderr) is (level == "INFO"), p.stderr[-2000:]
+
+
 def test_third_party_logs_are_quiet_unless_asked(monkeypatch):
     import logging
 

@@ -110,6 +110,8 @@ def run_notebooks(params: dict[str, Any] | None = None, out_dir: str | Path = "r
     With `heartbeat_s`, a line every so often says which cell runs and the last thing it printed."""
     import papermill as pm
 
+    from kaggle_kit.config import kernel_log_arguments
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = {**(params or {}), "out_dir": str(out)}
@@ -119,6 +121,7 @@ def run_notebooks(params: dict[str, Any] | None = None, out_dir: str | Path = "r
     with _heartbeat(executed, heartbeat_s):
         pm.execute_notebook(str(bundle), str(executed), parameters=params, kernel_name=kernel_name,
                             log_output=log_output, progress_bar=progress_bar, cwd=str(Path.cwd()),
+                            extra_arguments=kernel_log_arguments(),
                             **({"autosave_cell_every": max(5, int(heartbeat_s) // 2)} if heartbeat_s else {}))
     return executed
 
