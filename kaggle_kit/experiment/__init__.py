@@ -10,6 +10,8 @@ signature; it runs the same pipeline and returns the tables.
 from __future__ import annotations
 
 import itertools
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -65,8 +67,12 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[s
     points = grid_points(strategy or default.tts.strategy, scorer or default.tts.scorer, verifier or default.verifier)
     grid = len(points) > 1
     parts = []
-    for s, sc, v in points:
+    began = time.perf_counter()
+    for i, (s, sc, v) in enumerate(points, 1):
         name = point_folder(s, sc, v, grid)
+        if grid:  # a line per run of the grid (stderr: progress, which nbval does not compare)
+            print(f"run {i}/{len(points)}: {method_label(s, sc, v)} ({time.perf_counter() - began:.0f} s into the grid)",
+                  file=sys.stderr, flush=True)
         cfg = ExperimentConfig.of(experiment_name=name, out_dir=str(out_dir), problems=problems, strategy=s,
                                   scorer=sc, device=device, evaluate=evaluate_kernels,
                                   evaluate_candidates=evaluate_candidates, thinking=thinking, deadline=deadline,

@@ -42,6 +42,7 @@ DEFAULT_BUILD_S = {"cuda": 90.0, "cpu": 35.0}
 # Evaluations too big beside the engine wait for a sleep; a batch boundary sleeps once this many
 # wait (the rest run when the round drains), so the engine sleeps rarely.
 SLEEP_BATCH = 8
+PROGRESS_EVERY_S = 15.0  # a line while evaluations drain, at most this often
 
 
 def _stderr(message: str) -> None:
@@ -236,10 +237,15 @@ class Runner:
     def drain(self) -> None:
         """Wait for the submitted evaluations, but not past the deadline; evaluations that wait for
         the engine to sleep run as one batch whenever the rest are done or waiting too."""
+        said = time.monotonic()
         while True:
             pending = [f for f in self._futures if not f.done()]
             if not pending:
                 break
+            if time.monotonic() - said >= PROGRESS_EVERY_S:  # a long drain is never silent
+                said = time.monotonic()
+                total = len(self._futures)
+                self.log(f"evaluating: {total - len(pending)}/{total} items done")
             if self.pool.deferred:
                 self.run_asleep()
                 continue
