@@ -215,10 +215,12 @@ def _fit(model, sequences: list[list[int]], answer_starts: list[int], steps: int
 
     total, done, t0, said = steps + steps // FULL_EVERY, [0], time.perf_counter(), [time.perf_counter()]
 
-    def tick():  # a line every 30 s: a long fit is never silent (the bits do not depend on it)
+    print(f"  fitting the tiny model: {total} steps on {torch.get_num_threads()} threads", flush=True)
+
+    def tick():  # a line every 20 s: a long fit is never silent (the bits do not depend on it)
         done[0] += 1
         now = time.perf_counter()
-        if now - said[0] >= 30:
+        if now - said[0] >= 20:
             said[0] = now
             print(f"  fitting the tiny model: step {done[0]}/{total} ({now - t0:.0f} s, "
                   f"~{(now - t0) / done[0] * (total - done[0]):.0f} s left)", flush=True)
@@ -284,14 +286,14 @@ def default_tiny_dir() -> Path:
 
 def ensure_tiny_model(model_dir: str | Path | None = None) -> Path:
     """The tiny model at `model_dir` (default: the per-recipe cache), built there first when it is
-    missing or was built by another recipe (an older checkout's fit). A build took 435 s on 2 cores
-    (issue #32); every later call, test session and demo reuses it."""
+    missing or was built by another recipe (an older checkout's fit). A build took 435 s on 2 AVX2 cores
+    (issue #32), 236 s on 2 AVX-512 cores; every later call, test session and demo reuses it."""
     model_dir = Path(model_dir) if model_dir else default_tiny_dir()
     stamp = model_dir / RECIPE_FILE
     if not (model_dir / "config.json").exists() or not stamp.exists() or stamp.read_text().strip() != recipe():
         import time
 
-        print(f"building the tiny model in {model_dir} (about 7 minutes on 2 cores, once per recipe) ...", flush=True)
+        print(f"building the tiny model in {model_dir} (4-7 minutes on 2 cores, once per recipe) ...", flush=True)
         t = time.perf_counter()
         tmp = model_dir.with_name(model_dir.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
