@@ -55,6 +55,8 @@ def main() -> None:
     if a.caches == "empty":
         home = work / "home"
         home.mkdir()
+        if (Path.home() / ".config" / "pip").is_dir():  # pip's settings (where the CPU torch wheel is) are not a cache
+            shutil.copytree(Path.home() / ".config" / "pip", home / ".config" / "pip")
         env.update(HOME=str(home), KK_SANDBOX_DIR=str(work / "sandbox"), KK_PCH_DIR=str(work / "pch"))
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if a.busy else None
     try:
