@@ -36,9 +36,9 @@ with_uv() {
         [ -d "$dir" ] && links+=(--find-links "$dir")
     done
     echo "setup: installing .[${EXTRAS}] with uv ${UV_VERSION}"
-    # uv's own lines (resolved, prepared, installed: a wait is never silent for long), not its package list.
+    # uv's summary lines (resolved, prepared, installed: a wait is never silent for long), not one per package.
     UV_LINK_MODE=copy .venv/bin/uv pip install --python "$PY" "${links[@]}" -e ".[${EXTRAS}]" 2>&1 \
-        | { grep --line-buffered -v -E "^ [-+~] |^Using Python" || true; }
+        | { grep --line-buffered -v -E "^ [-+~] |^Using Python|^ *(Downloading|Downloaded|Building|Built) " || true; }
 }
 
 if [ "$INSTALLER" = uv ]; then
