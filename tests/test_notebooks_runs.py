@@ -282,6 +282,22 @@ def test_the_notebook_kernel_keeps_its_warnings_to_itself_unless_asked(tmp_path,
     assert ("without encryption" in p.stderr) is (level == "INFO"), p.stderr[-2000:]
 
 
+def test_the_heartbeat_shows_a_long_cell_s_latest_line_as_it_streams(tmp_path, capsys):
+    # papermill saves the notebook only when a later output comes, so the saved copy cannot show the line a
+    # long cell printed last; the heartbeat reads the kernel's stream as it comes.
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"},
+                   "language_info": {"name": "python"}}
+    nb.cells = [nbformat.v4.new_code_cell("out_dir = ''", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import sys, time\nprint('building 3 kernels', file=sys.stderr)\n"
+                                          "time.sleep(1)\nprint('built 1/3', file=sys.stderr)\ntime.sleep(4)")]
+    nbformat.write(nb, tmp_path / "slow.ipynb")
+    runs.run_notebooks({}, tmp_path / "out", stages=[str(tmp_path / "slow.ipynb")], progress_bar=False, heartbeat_s=1)
+    out = capsys.readouterr().out
+    beats = [ln for ln in out.splitlines() if "cell 3/3" in ln]  # the injected parameters, ours, the slow one
+    assert any(ln.endswith("`import sys, time`: built 1/3") for ln in beats), out
+
+
 def test_third_party_logs_are_quiet_unless_asked(monkeypatch):
     import logging
 

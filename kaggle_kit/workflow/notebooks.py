@@ -118,18 +118,36 @@ def run_notebooks(params: dict[str, Any] | None = None, out_dir: str | Path = "r
     bundle = build_bundle(stages, out / "bundle.ipynb")
     check_parameters(params, parameter_defaults(bundle))
     executed = out / "executed.ipynb"
-    with _heartbeat(executed, heartbeat_s):
+    live = _LastLine()
+    with _heartbeat(executed, heartbeat_s, live):
         pm.execute_notebook(str(bundle), str(executed), parameters=params, kernel_name=kernel_name,
                             log_output=log_output, progress_bar=progress_bar, cwd=str(Path.cwd()),
                             extra_arguments=kernel_log_arguments(),
-                            **({"autosave_cell_every": max(5, int(heartbeat_s) // 2)} if heartbeat_s else {}))
+                            **({"autosave_cell_every": max(5, int(heartbeat_s) // 2), "stdout_file": live,
+                                "stderr_file": live} if heartbeat_s else {}))
     return executed
 
 
+class _LastLine:
+    """The kernel's latest non-empty output line as it streams (papermill's stdout_file/stderr_file): an
+    autosave of the notebook comes only with a later output, so the saved copy lags by one line."""
+
+    def __init__(self):
+        self.line = ""
+
+    def write(self, text: str) -> None:
+        lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+        if lines:
+            self.line = lines[-1]
+
+    def flush(self) -> None:
+        pass
+
+
 @contextmanager
-def _heartbeat(executed: Path, every: float | None):
-    """Print what the running cell is doing every `every` seconds (from papermill's autosaves of the
-    executed notebook), so a long cell is never silent on the terminal."""
+def _heartbeat(executed: Path, every: float | None, live: _LastLine | None = None):
+    """Print what the running cell is doing every `every` seconds (the cell from papermill's autosaves of
+    the executed notebook, its last line as it streams), so a long cell is never silent on the terminal."""
     import threading
     import time
 
@@ -139,8 +157,12 @@ def _heartbeat(executed: Path, every: float | None):
     stop, start = threading.Event(), time.monotonic()
 
     def beat():
+        cell, stale = "", ""
         while not stop.wait(every):
-            line = _running_cell(executed)
+            saved = _running_cell(executed)
+            if saved.split("`:")[0] != cell:  # a new cell: the live line may still be the last cell's
+                cell, stale = saved.split("`:")[0], live.line if live else ""
+            line = _running_cell(executed, live.line if live and live.line != stale else None) if saved else ""
             if line:
                 print(f"  [{int(time.monotonic() - start) // 60}:{int(time.monotonic() - start) % 60:02d}] {line}",
                       flush=True)
@@ -154,7 +176,7 @@ def _heartbeat(executed: Path, every: float | None):
         t.join(2)
 
 
-def _running_cell(executed: Path) -> str:
+def _running_cell(executed: Path, live_line: str | None = None) -> str:
     try:
         nb = json.loads(executed.read_text())
     except (OSError, ValueError):
@@ -166,7 +188,7 @@ def _running_cell(executed: Path) -> str:
         text = [ln for o in cell.get("outputs", []) for ln in "".join(o.get("text", "")).splitlines() if ln.strip()]
         first = next((ln for ln in "".join(cell.get("source", "")).splitlines() if ln.strip()
                       and not ln.startswith("#")), "")
-        last = text[-1].split("\r")[-1].strip()[:110] if text else "(no output yet)"
+        last = (live_line or (text[-1].split("\r")[-1].strip() if text else "(no output yet)"))[:110]
         return f"cell {i + 1}/{len(code)} `{first.strip()[:50]}`: {last}"
     return ""
 
