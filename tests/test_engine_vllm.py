@@ -40,6 +40,33 @@ def test_generate_with_logprobs(registered):
     assert [c.token_ids for c in same] == [c.token_ids for c in outs]  # seeded
 
 
+def test_a_grid_s_runs_share_their_seeded_samples(registered):
+    # kaggle_kit.engine.shared: what was drawn with a seed is answered from memory; the rest goes to the engine
+    from kaggle_kit.engine.shared import SharedGenerations
+
+    class Spy:
+        def __init__(self, engine):
+            self.engine, self.sent = engine, []
+
+        def __getattr__(self, name):
+            return getattr(self.engine, name)
+
+        def generate(self, requests, use_tqdm=False):
+            self.sent.append(len(requests))
+            return self.engine.generate(requests, use_tqdm=use_tqdm)
+
+    ids = prompt_ids(registered.tokenizer, MSGS, enable_thinking=False)
+    seeded, other = (GenerationRequest(ids, SamplingSpec(n=2, max_tokens=24, logprobs=2, seed=s)) for s in (3, 4))
+    unseeded = GenerationRequest(ids, SamplingSpec(n=1, max_tokens=8))
+    spy = Spy(registered)
+    shared = SharedGenerations(spy)
+    first = shared.generate([seeded, unseeded])
+    again = shared.generate([other, seeded, unseeded])
+    assert spy.sent == [2, 2]  # the second call sent the new seed and the unseeded request, not the known one
+    assert [c.token_ids for c in again[1]] == [c.token_ids for c in first[0]] and shared.hits == 1
+    assert [len(a) for a in again] == [2, 2, 1] and shared.tokenizer is registered.tokenizer
+
+
 def test_a_confidence_stop_aborts_a_sequence_where_its_confidence_falls(registered):
     """DeepConf's early stop through the seam: the engine watches each token's top-k and aborts the
     sequence at the first window under the bar; what it returns is the start of the same-seed sample."""

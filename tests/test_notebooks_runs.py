@@ -1,6 +1,7 @@
 """Papermill runs and sweeps, bundling, plots, Kaggle metadata and push (up to the network call)."""
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -205,6 +206,9 @@ def test_run_notebooks_in_one_kernel(tmp_path, tiny_model_dir):
     progress = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
                        if o.get("name") == "stderr")
     assert "run 1/2: online_bon/entropy" in progress and "run 2/2: online_bon/perplexity" in progress, progress[-3000:]
+    # the second run's search asks what the first asked at least at its first step: answered from memory
+    reused = re.search(r"grid: (\d+) of (\d+) engine requests answered", progress)
+    assert reused and 0 < int(reused.group(1)) < int(reused.group(2)), progress[-3000:]
 
 
 @pytest.mark.vllm

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from kaggle_kit.engine.shared import SharedGenerations
 from kaggle_kit.experiment import merge
 from kaggle_kit.experiment.config import ExperimentConfig
 from kaggle_kit.experiment.driver import run
-from kaggle_kit.experiment.runner import RunOutcome
+from kaggle_kit.experiment.runner import RunOutcome, local_engine
 from kaggle_kit.experiment.verifiers import VERIFIERS, method_label
 from kaggle_kit.experiment.views import Tables, load_rounds, load_run, load_tables, write_tables
 
@@ -53,7 +54,8 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[s
     Several strategies, scorers or verifiers ("offline_bon,beam_search", or lists) run as a grid,
     one run folder each (`out_dir/<strategy>-<scorer>`, `out_dir/<strategy>-execution`; the execution
     verifier picks by running the candidates, so it runs once per strategy, not once per scorer),
-    on the same engine; the tables returned cover them all.
+    on the same engine; the tables returned cover them all. The grid's runs share their seeded samples: what
+    one run drew, a later run asking the same is answered from memory (the same samples for every method).
 
     resume_from names earlier sessions' outputs attached as inputs (or folders): their records are
     merged into `out_dir` first, so the run continues where they stopped (a Kaggle shard re-pushed).
@@ -68,6 +70,7 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[s
     grid = len(points) > 1
     parts = []
     began = time.perf_counter()
+    shared = None  # a grid's runs on the local engine draw their seeded samples once (kaggle_kit.engine.shared)
     for i, (s, sc, v) in enumerate(points, 1):
         name = point_folder(s, sc, v, grid)
         if grid:  # a line per run of the grid (stderr: progress, which nbval does not compare)
@@ -77,8 +80,13 @@ def run_tts_kernels(problems: list[str] | None = None, *, strategy: str | list[s
                                   scorer=sc, device=device, evaluate=evaluate_kernels,
                                   evaluate_candidates=evaluate_candidates, thinking=thinking, deadline=deadline,
                                   workers=workers, verifier=v, **rounds, **eval_options, **tts_params)
-        run(cfg, progress=progress)
+        if grid and shared is None and not cfg.service_url:
+            shared = SharedGenerations(local_engine(cfg.model))
+        run(cfg, engine=shared, progress=progress)
         parts.append(write_tables(load_tables(cfg.folder)))
+    if shared is not None:
+        print(f"grid: {shared.hits} of {shared.hits + shared.misses} engine requests answered with samples an "
+              f"earlier run of the grid drew", file=sys.stderr, flush=True)
     if not grid:
         return parts[0]
     return write_tables(combine(parts, Path(out_dir)))  # the grid's tables beside its run folders

@@ -78,7 +78,7 @@ class Runner:
         self.deadline = deadline(cfg.deadline)
         self.engine = None
         if not cfg.service_url and generator is None:
-            self.engine = engine or _local_engine(cfg.model)
+            self.engine = engine or local_engine(cfg.model)
         self.pool = EvalPool(cfg.device, workers=cfg.workers, trials=cfg.trials, run_timeout=cfg.run_timeout,
                              compile_timeout=cfg.compile_timeout, harness_retries=cfg.harness_retries,
                              footprints=footprints, **self._beside_engine(eval_memory),
@@ -272,7 +272,8 @@ def item_seconds(cfg: ExperimentConfig, workers: int) -> tuple[float, float]:
     return gen, (width * DEFAULT_BUILD_S[cfg.device] / max(1, workers) if cfg.evaluate else 0.0)
 
 
-def _local_engine(model: str | None):
+def local_engine(model: str | None):
+    """The registered engine, loading `model` first when another (or none) is loaded."""
     from kaggle_kit.engine.registry import ModelRegistry, _same_path, ensure_model
 
     if not (ModelRegistry.is_ready() and (model is None or _same_path(ModelRegistry.model_path(), model))):
