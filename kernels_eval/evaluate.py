@@ -14,7 +14,7 @@ Whatever the candidate does (crash, hang, exit early, eat memory, patch torch) b
 never a harness crash and never "correct".
 
 Builds are cached by source hash: TORCH_EXTENSIONS_DIR is one directory per (candidate source, device,
-torch version), so re-evaluating a candidate reuses its compiled extension.
+torch version and place), so re-evaluating a candidate reuses its compiled extension.
 """
 from __future__ import annotations
 
@@ -65,13 +65,19 @@ def clean_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def source_hash(candidate_source: str, device: str) -> str:
+    """The build folder's key: the source, the device and the torch it builds against, by version and by place.
+    torch writes its include folders into the build's ninja file, so a build made for another venv (another
+    clone's) is rebuilt from scratch by ninja, and a key without the place would call that rebuild cached."""
     import importlib.metadata
+    import importlib.util
 
     try:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         torch_version = "?"
-    h = hashlib.sha256(f"{device}\0{torch_version}\0{os.environ.get('TORCH_CUDA_ARCH_LIST', '')}\0".encode())
+    spec = importlib.util.find_spec("torch")
+    torch_dir = os.path.dirname(spec.origin) if spec and spec.origin else "?"
+    h = hashlib.sha256(f"{device}\0{torch_version}\0{torch_dir}\0{os.environ.get('TORCH_CUDA_ARCH_LIST', '')}\0".encode())
     h.update(candidate_source.encode())
     return h.hexdigest()[:20]
 

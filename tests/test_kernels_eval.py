@@ -2,6 +2,7 @@
 import math
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -104,6 +105,21 @@ def test_reference_cpp_solution_passes_and_the_cache_skips_the_build(cache):
     # of whole evaluations is not asserted: the precompiled header shrank the first build to ~15 s, and a
     # fresh interpreter + torch import is a few seconds of both, more on a busy machine.)
     assert again.compile_s < first.compile_s / 3, (first.compile_s, again.compile_s)
+
+
+def test_a_build_is_kept_per_torch_install_not_shared_between_venvs(tmp_path):
+    # torch writes its include folders into a build's ninja file, so another venv's build of the same source
+    # is rebuilt from scratch: it must have its own folder (and not be reported as cached). The same venv
+    # reached by another path stands in for a second clone's venv.
+    import subprocess
+    import sys
+
+    venv = Path(sys.prefix)
+    (tmp_path / "other").symlink_to(venv, target_is_directory=True)
+    code = "from kernels_eval.evaluate import source_hash; print(source_hash('src', 'cpu'))"
+    keys = [subprocess.run([str(v / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).parents[1]).stdout.strip() for v in (venv, tmp_path / "other", venv)]
+    assert keys[0] == keys[2] and keys[0] != keys[1] and len(keys[1]) == 20
 
 
 def test_the_precompiled_header_variant_follows_the_optimisation_level_asked_for():
