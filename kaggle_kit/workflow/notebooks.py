@@ -133,12 +133,14 @@ class _LastLine:
     autosave of the notebook comes only with a later output, so the saved copy lags by one line."""
 
     def __init__(self):
-        self.line = ""
+        self.line, self.at = "", 0.0
 
     def write(self, text: str) -> None:
+        import time
+
         lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
         if lines:
-            self.line = lines[-1]
+            self.line, self.at = lines[-1], time.time()
 
     def flush(self) -> None:
         pass
@@ -157,12 +159,8 @@ def _heartbeat(executed: Path, every: float | None, live: _LastLine | None = Non
     stop, start = threading.Event(), time.monotonic()
 
     def beat():
-        cell, stale = "", ""
         while not stop.wait(every):
-            saved = _running_cell(executed)
-            if saved.split("`:")[0] != cell:  # a new cell: the live line may still be the last cell's
-                cell, stale = saved.split("`:")[0], live.line if live else ""
-            line = _running_cell(executed, live.line if live and live.line != stale else None) if saved else ""
+            line = _running_cell(executed, live)
             if line:
                 print(f"  [{int(time.monotonic() - start) // 60}:{int(time.monotonic() - start) % 60:02d}] {line}",
                       flush=True)
@@ -176,7 +174,11 @@ def _heartbeat(executed: Path, every: float | None, live: _LastLine | None = Non
         t.join(2)
 
 
-def _running_cell(executed: Path, live_line: str | None = None) -> str:
+def _running_cell(executed: Path, live: _LastLine | None = None) -> str:
+    """'cell i/n `its first line`: the last line it printed' for the running cell ('' when none runs); the
+    live line counts once it was written after the cell started (papermill's start_time)."""
+    from datetime import datetime
+
     try:
         nb = json.loads(executed.read_text())
     except (OSError, ValueError):
@@ -188,7 +190,12 @@ def _running_cell(executed: Path, live_line: str | None = None) -> str:
         text = [ln for o in cell.get("outputs", []) for ln in "".join(o.get("text", "")).splitlines() if ln.strip()]
         first = next((ln for ln in "".join(cell.get("source", "")).splitlines() if ln.strip()
                       and not ln.startswith("#")), "")
-        last = (live_line or (text[-1].split("\r")[-1].strip() if text else "(no output yet)"))[:110]
+        try:
+            started = datetime.fromisoformat(cell["metadata"]["papermill"]["start_time"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            started = 0.0
+        fresh = live.line if live and live.line and live.at >= started else ""
+        last = (fresh or (text[-1].split("\r")[-1].strip() if text else "(no output yet)"))[:110]
         return f"cell {i + 1}/{len(code)} `{first.strip()[:50]}`: {last}"
     return ""
 
