@@ -221,8 +221,17 @@ def test_sweep_continues_past_a_failed_point(tmp_path, tiny_model_dir):
     assert r.returncode == 1 and "1/2 points ran" in r.stdout  # exit 1: one point failed, the next still ran
     failed = json.loads((tmp_path / "sw" / "sweep_failed.json").read_text())
     assert [f["strategy"] for f in failed] == ["no_such_strategy"] and "choose from" in failed[0]["error"]
+    assert not list((tmp_path / "sw").glob("000-*/executed.ipynb"))  # refused before a kernel started
     table = pd.read_csv(tmp_path / "sw" / "sweep_results.csv")
     assert list(table["sweep_strategy"]) == ["offline_bon"] and set(table["strategy"]) == {"offline_bon"}
+
+
+@pytest.mark.parametrize("bad", [{"strategy": "online_bon,beam_serch"}, {"scorer": "entropy,perplexty"},
+                                 {"verifier": "exection"}])
+def test_a_misspelt_choice_is_refused_before_a_kernel_starts(tmp_path, bad):
+    with pytest.raises(ValueError, match="choose from"):
+        runs.run_notebooks({"tiny": True, **bad}, tmp_path / "run", progress_bar=False)
+    assert not (tmp_path / "run" / "executed.ipynb").exists()
 
 
 def test_selection_table_compares_the_choice_with_a_random_pick_and_the_oracle():

@@ -55,6 +55,28 @@ def check_parameters(params: dict[str, Any], known: dict[str, Any]) -> None:
         raise ValueError(f"unknown notebook parameter(s) {', '.join(hints)}; known: {', '.join(sorted(known))}")
 
 
+def check_choices(params: dict[str, Any]) -> None:
+    """The names a run picks from (strategies, scorers, verifiers; comma lists for a grid), checked before a
+    kernel starts: a misspelt one fails here at once, not after the model has loaded in the notebook (or a
+    Kaggle session has run)."""
+    from kaggle_kit.experiment.verifiers import VERIFIERS
+    from kaggle_kit.tts.params import STRATEGIES
+    from kaggle_kit.tts.scorers import check_scorer
+
+    def names(key):
+        value = params.get(key)
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else []
+
+    for name in names("strategy"):
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    for name in names("scorer"):
+        check_scorer(name)
+    for name in names("verifier"):
+        if name not in VERIFIERS:
+            raise ValueError(f"unknown verifier {name!r}; choose from {', '.join(VERIFIERS)}")
+
+
 def merged_parameters(stages=None) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for path in stage_paths(stages):
@@ -99,6 +121,7 @@ def inject(bundle: str | Path, params: dict[str, Any], out_path: str | Path) -> 
     import papermill as pm
 
     check_parameters(params, parameter_defaults(bundle))
+    check_choices(params)
     pm.execute_notebook(str(bundle), str(out_path), parameters=params, prepare_only=True, progress_bar=False)
     return Path(out_path)
 
@@ -117,6 +140,7 @@ def run_notebooks(params: dict[str, Any] | None = None, out_dir: str | Path = "r
     params = {**(params or {}), "out_dir": str(out)}
     bundle = build_bundle(stages, out / "bundle.ipynb")
     check_parameters(params, parameter_defaults(bundle))
+    check_choices(params)
     executed = out / "executed.ipynb"
     live = _LastLine()
     with _heartbeat(executed, heartbeat_s, live):

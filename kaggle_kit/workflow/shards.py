@@ -148,11 +148,12 @@ def plan(run: str, shards: int, params: dict[str, Any] | None = None, owner: str
     from kaggle_kit.experiment.config import shard_of
     from kaggle_kit.experiment.deadline import SAFETY_MARGIN_S, describe
     from kaggle_kit.workflow.cells import problem_list
-    from kaggle_kit.workflow.notebooks import BUNDLE, check_parameters, parameter_defaults
+    from kaggle_kit.workflow.notebooks import BUNDLE, check_choices, check_parameters, parameter_defaults
 
     defaults = parameter_defaults(BUNDLE)
     params = dict(params or {})
     check_parameters(params, defaults)
+    check_choices(params)
     for reserved in ("out_dir", "resume_from"):
         if reserved in params:
             raise ConfigError(f"{reserved!r} is set per shard by the planner; leave it out")
