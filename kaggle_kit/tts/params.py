@@ -36,6 +36,12 @@ SHAPES: dict[str, Shape] = {
 STRATEGIES = tuple(SHAPES)  # every list of strategy names derives from this table
 
 
+def check_strategy(name: str) -> str:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    return name
+
+
 # Step boundaries. A blank line separates paragraphs and code blocks; min_step_tokens
 # stops a run of short lines (a CUDA kernel's `}` lines, a list) from becoming
 # dozens of two-token steps, and max_step_tokens bounds a step with no blank line.
@@ -88,8 +94,7 @@ class TTSParams:
     stop: tuple[str, ...] = _param((), "strings that end the whole answer (repeatable)")
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        check_strategy(self.strategy)
         check_scorer(self.scorer)
         check_aggregation(self.score_aggregation)
         for f in fields(self):

@@ -60,7 +60,7 @@ def check_choices(params: dict[str, Any]) -> None:
     kernel starts: a misspelt one fails here at once, not after the model has loaded in the notebook (or a
     Kaggle session has run)."""
     from kaggle_kit.experiment.verifiers import VERIFIERS
-    from kaggle_kit.tts.params import STRATEGIES
+    from kaggle_kit.tts.params import check_strategy
     from kaggle_kit.tts.scorers import check_scorer
 
     def names(key):
@@ -68,8 +68,7 @@ def check_choices(params: dict[str, Any]) -> None:
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else []
 
     for name in names("strategy"):
-        if name not in STRATEGIES:
-            raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+        check_strategy(name)
     for name in names("scorer"):
         check_scorer(name)
     for name in names("verifier"):
